@@ -1,0 +1,1 @@
+"""cp-agent: runs the instances bound to one machine as Docker containers."""

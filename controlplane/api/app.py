@@ -1,0 +1,167 @@
+"""make_app: the aiohttp application of cp-apiserver, its middlewares and its lifecycle.
+
+The middlewares turn every failure into a Status object (never a traceback or an HTML
+page), authenticate bearer tokens, and record request metrics by route. Resources (the
+store, the registry and its watch caches, the controllers) are opened in ``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controlplane import __version__
+from controlplane.api import objects
+from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable
+from controlplane.api.http import MAX_BODY, error_response, json_response
+from controlplane.api.metrics import ApiMetrics
+from controlplane.api.state import CONFIG, METRICS, REGISTRY, SERVICES, STORE, TOKENS, USER_KEY
+from controlplane.errors import (
+    CPError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+)
+from controlplane.registry import Registry
+from controlplane.store.base import Store
+
+log = logging.getLogger(__name__)
+PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/version"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route_label(request: web.Request) -> str:
+    info = request.match_info
+    route = getattr(info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None or getattr(info, "http_exception", None) is not None:
+        return "unmatched"
+    label = resource.canonical
+    if "{resource}" in label and "resource" in info:
+        label = label.replace("{resource}", info["resource"])
+    return label
+
+
+@web.middleware
+async def status_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes a Status; every request is counted and timed by route."""
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    code = 500
+    try:
+        response = await handler(request)
+        code = response.status
+        return response
+    except CPError as err:
+        code = err.code
+        return error_response(err)
+    except web.HTTPMethodNotAllowed as err:
+        code = 405
+        return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.path}; "
+                                               f"allowed: {', '.join(sorted(err.allowed_methods))}"))
+    except web.HTTPNotFound:
+        code = 404
+        return error_response(NotFound(f"the server could not find the requested resource {request.path!r}"))
+    except web.HTTPRequestEntityTooLarge:
+        code = 413
+        return error_response(RequestEntityTooLarge(f"request body is larger than {MAX_BODY} bytes"))
+    except web.HTTPException as err:
+        code = err.status
+        cls = next((c for c in CPError.__subclasses__() if c.code == err.status), InternalError)
+        return error_response(cls(err.reason or "error"))
+    except (ConnectionError, TimeoutError, OSError) as err:
+        code = 503
+        log.warning("store unavailable during %s %s: %s", request.method, request.path, err)
+        return error_response(ServiceUnavailable(f"the store is unavailable: {err.__class__.__name__}"))
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        code = 500
+        return error_response(InternalError("internal error; see the server log"))
+    finally:
+        route = _route_label(request)
+        metrics.requests.labels(route, request.method, str(code)).inc()
+        metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tokens = request.app.get(TOKENS)
+    if tokens is None:
+        request[USER_KEY] = ANONYMOUS_ADMIN
+    elif request.path not in PUBLIC_PATHS:
+        request[USER_KEY] = tokens.authenticate(request.headers.get("Authorization"))
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].revision()
+    except Exception as err:
+        raise ServiceUnavailable(f"the store is unreachable: {err}") from err
+    return web.Response(text="ok")
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def version_handler(request: web.Request) -> web.Response:
+    return json_response({"version": __version__})
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    from controlplane.api.openapi import openapi_document
+
+    return json_response(openapi_document())
+
+
+def make_app(
+    store: Store,
+    *,
+    tokens: TokenTable | None,
+    config: dict[str, Any] | None = None,
+    extra_contexts: list[Callable[[web.Application], AsyncIterator[None]]] | None = None,
+) -> web.Application:
+    """The API application over ``store``. ``tokens`` None means --insecure-no-auth."""
+    app = web.Application(middlewares=[status_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app[STORE] = store
+    app[METRICS] = ApiMetrics()
+    app[CONFIG] = dict(config or {})
+    app[SERVICES] = {}
+    if tokens is not None:
+        app[TOKENS] = tokens
+    registry = Registry(store)
+    etcd_seconds = app[METRICS].etcd_seconds
+    registry.on_store_call = lambda op, seconds: etcd_seconds.labels(op).observe(seconds)
+    app[REGISTRY] = registry
+
+    async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+        await registry.start()
+        yield
+        await registry.stop()
+
+    app.cleanup_ctx.append(registry_ctx)
+    for ctx in extra_contexts or []:
+        app.cleanup_ctx.append(ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/version", version_handler)
+    app.router.add_get("/openapi.json", openapi_handler)
+    from controlplane.api import machines
+
+    machines.add_routes(app)
+    objects.add_routes(app)
+    return app

@@ -1,0 +1,226 @@
+"""Generic handlers for every resource: list, get, create, replace, merge-patch, delete, status, scale.
+
+Handlers stay thin: parse (controlplane.api.http), validate (controlplane.schemas), authorize
+(controlplane.api.auth), then one Registry call.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.api.auth import authorize
+from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
+from controlplane.api.state import REGISTRY, user_of
+from controlplane.api.watch import serve_watch
+from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.registry import HAS_STATUS, RESOURCES
+from controlplane.schemas import load_object, load_status
+
+
+def resource_of(request: web.Request) -> tuple[str, str]:
+    resource = request.match_info["resource"]
+    if resource not in RESOURCES:
+        raise NotFound(f"the server could not find the requested resource {resource!r}")
+    return resource, RESOURCES[resource]
+
+
+def _int_param(request: web.Request, name: str) -> int:
+    raw = request.query.get(name, "")
+    if not raw:
+        return 0
+    try:
+        value = int(raw)
+    except ValueError as err:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from err
+    if value < 0:
+        raise BadRequest(f"{name} must not be negative")
+    return value
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+async def list_objects(request: web.Request) -> web.StreamResponse:
+    resource, kind = resource_of(request)
+    verb = "watch" if _truthy(request.query.get("watch")) else "list"
+    authorize(user_of(request), verb, resource)
+    if verb == "watch":
+        return await serve_watch(request, resource)
+    items, revision, token = request.app[REGISTRY].list(
+        resource,
+        label_selector=request.query.get("labelSelector"),
+        field_selector=request.query.get("fieldSelector"),
+        limit=_int_param(request, "limit"),
+        continue_token=request.query.get("continue") or None,
+    )
+    metadata: dict[str, Any] = {"resourceVersion": str(revision)}
+    if token:
+        metadata["continue"] = token
+    return json_response({"kind": f"{kind}List", "apiVersion": "v1", "metadata": metadata, "items": items})
+
+
+def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a {kind} object")
+    if body.get("kind") not in (None, kind):
+        raise BadRequest(f"the body is a {body.get('kind')!r}, this endpoint takes {kind}")
+    meta = body.get("metadata")
+    if name is not None and isinstance(meta, dict) and meta.get("name") not in (None, name):
+        raise BadRequest(f"metadata.name {meta.get('name')!r} does not match the URL's name {name!r}")
+
+
+def _initial_status(kind: str) -> dict[str, Any] | None:
+    return load_status(kind, "", {}) if kind in HAS_STATUS else None
+
+
+async def create_object(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    authorize(user_of(request), "create", resource)
+    body = await read_json(request)
+    _check_body(kind, body)
+    obj = load_object(kind, body)
+    status = _initial_status(kind)
+    if status is not None:
+        obj["status"] = status
+    created = await request.app[REGISTRY].create(resource, obj)
+    return json_response(created, status=201)
+
+
+async def get_object(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    name = request.match_info["name"]
+    authorize(user_of(request), "get", resource, name=name)
+    data = request.app[REGISTRY].caches[resource].encoded(name)
+    if data is None:
+        raise NotFound(f'{resource} "{name}" not found', kind=kind, name=name)
+    return bytes_response(data)
+
+
+async def replace_object(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    name = request.match_info["name"]
+    authorize(user_of(request), "update", resource, name=name)
+    body = await read_json(request)
+    _check_body(kind, body, name=name)
+    body.setdefault("metadata", {})["name"] = name
+    obj = load_object(kind, body)
+    return json_response(await request.app[REGISTRY].replace(resource, name, obj))
+
+
+async def patch_object(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    name = request.match_info["name"]
+    authorize(user_of(request), "patch", resource, name=name)
+    patch = await read_json(request, accept=PATCH_TYPES)
+    if not isinstance(patch, dict):
+        raise BadRequest("a merge patch must be a JSON object")
+    registry = request.app[REGISTRY]
+    for attempt in range(5):
+        current = registry.get(resource, name)
+        merged = merge_patch(current, patch)
+        _check_body(kind, merged, name=name)
+        merged.setdefault("metadata", {})["name"] = name
+        obj = load_object(kind, merged)
+        try:
+            return json_response(
+                await registry.replace(resource, name, obj, expected_rv=current["metadata"]["resourceVersion"])
+            )
+        except Conflict:
+            if (patch.get("metadata") or {}).get("resourceVersion") or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def delete_object(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    name = request.match_info["name"]
+    authorize(user_of(request), "delete", resource, name=name)
+    return json_response(await request.app[REGISTRY].delete(resource, name))
+
+
+async def get_status(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    name = request.match_info["name"]
+    authorize(user_of(request), "get", resource, name=name, subresource="status")
+    if kind not in HAS_STATUS:
+        raise NotFound(f"{resource} have no status subresource")
+    return json_response(request.app[REGISTRY].get(resource, name))
+
+
+async def put_status(request: web.Request) -> web.Response:
+    resource, kind = resource_of(request)
+    name = request.match_info["name"]
+    registry = request.app[REGISTRY]
+    if kind not in HAS_STATUS:
+        raise NotFound(f"{resource} have no status subresource")
+    current = registry.get(resource, name)
+    authorize(user_of(request), "update", resource, name=name, subresource="status", obj=current)
+    body = await read_json(request)
+    _check_body(kind, body, name=name)
+    status = load_status(kind, name, body.get("status"))
+    expected = (body.get("metadata") or {}).get("resourceVersion") or None
+    return json_response(await registry.update_status(resource, name, status, expected_rv=expected))
+
+
+def _scale_of(unit: dict[str, Any]) -> dict[str, Any]:
+    meta = unit["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Scale",
+        "metadata": {"name": meta["name"], "resourceVersion": meta.get("resourceVersion", "")},
+        "spec": {"replicas": unit["spec"].get("replicas", 0)},
+        "status": {"replicas": (unit.get("status") or {}).get("replicas", 0)},
+    }
+
+
+async def get_scale(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    authorize(user_of(request), "get", "units", name=name, subresource="scale")
+    return json_response(_scale_of(request.app[REGISTRY].get("units", name)))
+
+
+async def put_scale(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    authorize(user_of(request), "update", "units", name=name, subresource="scale")
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a Scale object")
+    replicas = (body.get("spec") or {}).get("replicas") if isinstance(body.get("spec"), dict) else None
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        from controlplane.errors import Cause, Invalid
+
+        raise Invalid(
+            f'Scale "{name}" is invalid: spec.replicas: must be an integer',
+            kind="Scale", name=name, causes=[Cause("spec.replicas", "must be an integer")],
+        )
+    registry = request.app[REGISTRY]
+    current = registry.get("units", name)
+    unit = copy.deepcopy(current)
+    unit["spec"]["replicas"] = replicas
+    load_object("Unit", unit)  # validates the range with the same rules as any Unit write
+    expected = (body.get("metadata") or {}).get("resourceVersion") or None
+
+    def set_replicas(obj: dict[str, Any]) -> dict[str, Any]:
+        obj["spec"]["replicas"] = replicas
+        return obj
+
+    updated = await registry.mutate("units", name, set_replicas, expected_rv=expected)
+    return json_response(_scale_of(updated))
+
+
+def add_routes(app: web.Application) -> None:
+    base = "/api/v1/{resource}"
+    app.router.add_get("/api/v1/units/{name}/scale", get_scale)
+    app.router.add_put("/api/v1/units/{name}/scale", put_scale)
+    app.router.add_get(base, list_objects)
+    app.router.add_post(base, create_object)
+    app.router.add_get(base + "/{name}", get_object)
+    app.router.add_put(base + "/{name}", replace_object)
+    app.router.add_patch(base + "/{name}", patch_object)
+    app.router.add_delete(base + "/{name}", delete_object)
+    app.router.add_get(base + "/{name}/status", get_status)
+    app.router.add_put(base + "/{name}/status", put_status)

@@ -1,0 +1,123 @@
+"""cp-apiserver: flags, logging and the process around make_app.
+
+Every API server serves the REST API; the one that wins the etcd leader lease also runs
+the scheduler and controllers (controlplane.controllers.manager).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator
+
+import click
+from aiohttp import web
+
+from controlplane.api.app import make_app
+from controlplane.api.auth import TokenTable
+from controlplane.api.state import SERVICES
+from controlplane.errors import CPError
+
+log = logging.getLogger("cp-apiserver")
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {listen!r}", param_hint="--listen")
+    return host.strip("[]"), int(port)
+
+
+async def serve(
+    *,
+    etcd: str,
+    prefix: str,
+    listen: str,
+    token_file: str | None,
+    insecure_no_auth: bool,
+    machine_ttl: int,
+    proxy_image: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    controllers: bool = True,
+) -> None:
+    from controlplane.store import open_store
+
+    tokens = TokenTable.from_file(token_file) if token_file else None
+    if tokens is None:
+        log.warning("running WITHOUT authentication (--insecure-no-auth): anyone who reaches %s is admin", listen)
+    store = await open_store(etcd, prefix=prefix)
+    config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix}
+    contexts = []
+    if controllers:
+        from controlplane.controllers.manager import controller_context
+
+        contexts.append(controller_context)
+    app = make_app(store, tokens=tokens, config=config, extra_contexts=contexts)
+    host, port = _split_listen(listen)
+    ssl_context = None
+    if tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(tls_cert, tls_key)
+    runner = web.AppRunner(app, access_log=None, handle_signals=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    await site.start()
+    log.info("cp-apiserver listening on %s (etcd %s, prefix %s)", listen, etcd, prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await store.close()
+    _ = app[SERVICES]
+
+
+async def _noop_ctx(app: web.Application) -> AsyncIterator[None]:
+    yield
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CP"})
+@click.option("--etcd", envvar="CP_ETCD", default="http://127.0.0.1:2379", show_default=True,
+              help="etcd endpoints, comma-separated (memory:// for a throwaway in-memory store)")
+@click.option("--etcd-prefix", "prefix", default="/cp", show_default=True, help="key prefix of this cluster")
+@click.option("--listen", default="127.0.0.1:7070", show_default=True)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False),
+              help="CSV token,user,role[,machine]")
+@click.option("--insecure-no-auth", is_flag=True, help="serve without authentication (logged on every start)")
+@click.option("--machine-ttl", type=click.IntRange(1, 3600), default=5, show_default=True)
+@click.option("--proxy-image", default="local/nginx:latest", show_default=True)
+@click.option("--no-controllers", is_flag=True, help="serve the API only; never run the scheduler")
+@click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
+def main(
+    etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
+    insecure_no_auth: bool, machine_ttl: int, proxy_image: str, no_controllers: bool, log_level: str,
+) -> None:
+    """The controlplane API server (and, when elected, scheduler and controllers)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not token_file and not insecure_no_auth:
+        click.echo("cp-apiserver: refusing to start without --token-file (or --insecure-no-auth)", err=True)
+        sys.exit(2)
+    if bool(tls_cert) != bool(tls_key):
+        click.echo("cp-apiserver: --tls-cert and --tls-key go together", err=True)
+        sys.exit(2)
+    _split_listen(listen)
+    try:
+        asyncio.run(serve(
+            etcd=etcd, prefix=prefix, listen=listen, token_file=token_file, insecure_no_auth=insecure_no_auth,
+            machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
+            controllers=not no_controllers,
+        ))
+    except CPError as err:
+        click.echo(f"cp-apiserver: {err.message}", err=True)
+        sys.exit(1)

@@ -1,0 +1,96 @@
+"""Watch streams: newline-delimited JSON events served from the watch cache.
+
+``?watch=1&resourceVersion=RV`` replays the cache's events after RV, then follows live ones;
+without RV (or with RV 0) the current objects come first as ADDED. BOOKMARK events carry the
+current revision so an idle client can resume cheaply; a revision older than the cache's
+window is 410 Gone before the stream starts, or an ERROR event with code 410 after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.api.state import METRICS, REGISTRY
+from controlplane.errors import BadRequest, Gone
+from controlplane.registry import RESOURCES
+from controlplane.selectors import parse_field_selector, parse_label_selector
+
+BOOKMARK_SECONDS = 5.0
+
+
+def _line(event_type: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n"
+
+
+def _bookmark(kind: str, revision: int) -> bytes:
+    return _line("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(revision)}})
+
+
+async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    cache = registry.caches[resource]
+    kind = RESOURCES[resource]
+    by_label = parse_label_selector(request.query.get("labelSelector"))
+    by_field = parse_field_selector(request.query.get("fieldSelector"))
+
+    def matches(obj: dict[str, Any]) -> bool:
+        return by_label(obj) and by_field(obj)
+
+    raw_rv = request.query.get("resourceVersion", "")
+    try:
+        from_rv = int(raw_rv) if raw_rv else 0
+        timeout = float(request.query.get("timeoutSeconds") or 0)
+    except ValueError as err:
+        raise BadRequest(f"invalid resourceVersion or timeoutSeconds: {err}") from err
+    bookmark_every = float(request.app["bookmark_seconds"]) if "bookmark_seconds" in request.app else BOOKMARK_SECONDS
+
+    initial: list[bytes] = []
+    if from_rv <= 0:
+        sub, _ = cache.subscribe(None, matches)
+        initial = [_line("ADDED", obj) for obj in cache.items() if matches(obj)]
+    else:
+        sub, replay = cache.subscribe(from_rv, matches)  # raises Gone before any byte is sent
+        initial = [event.line() for event in replay]
+
+    metrics = request.app[METRICS]
+    response = web.StreamResponse(headers={"Content-Type": "application/json; stream=watch"})
+    metrics.watches.labels(resource).inc()
+    try:
+        await response.prepare(request)
+        if initial:
+            await response.write(b"".join(initial))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
+        while True:
+            wait = bookmark_every
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
+                    break
+            try:
+                event = await asyncio.wait_for(sub.queue.get(), timeout=wait)
+            except TimeoutError:
+                await response.write(_bookmark(kind, cache.revision))
+                continue
+            if event is None:
+                err = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
+                await response.write(_line("ERROR", err.to_status()))
+                break
+            chunk = [event.line()]
+            while not sub.queue.empty() and len(chunk) < 256:
+                more = sub.queue.get_nowait()
+                if more is None:
+                    sub.queue.put_nowait(None)
+                    break
+                chunk.append(more.line())
+            await response.write(b"".join(chunk))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        sub.close()
+        metrics.watches.labels(resource).dec()
+    return response

@@ -1,0 +1,294 @@
+"""Typed object storage: metadata bookkeeping, optimistic concurrency and reads from the watch cache.
+
+The API handlers and the in-process controllers both go through a Registry, so the rules
+(uid and creationTimestamp set once, generation bumped on spec changes, status ignored on
+spec writes, compare-and-swap on resourceVersion) live in one place. Reads come from the
+watch cache; every write waits until the cache has seen it, so a client reading from the
+same server right after a write sees its own write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from controlplane.errors import AlreadyExists, BadRequest, Conflict, NotFound
+from controlplane.selectors import parse_field_selector, parse_label_selector
+from controlplane.store.base import Store
+from controlplane.watchcache import WatchCache, decode
+
+# resource (URL plural) -> kind
+RESOURCES: dict[str, str] = {
+    "machines": "Machine",
+    "units": "Unit",
+    "instances": "Instance",
+    "endpoints": "Endpoints",
+    "events": "Event",
+}
+KIND_TO_RESOURCE = {kind: resource for resource, kind in RESOURCES.items()}
+# the part of an object whose change bumps metadata.generation
+SPEC_FIELDS: dict[str, tuple[str, ...]] = {
+    "Machine": ("spec",),
+    "Unit": ("spec",),
+    "Instance": ("spec",),
+    "Endpoints": ("endpoints",),
+    "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
+}
+HAS_STATUS = {"Machine", "Unit", "Instance"}
+
+
+def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
+    return dt.datetime.fromtimestamp(clock(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """Stored form: the object without its resourceVersion (that is etcd's mod revision)."""
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("resourceVersion", None)
+    return json.dumps({**obj, "metadata": meta}, separators=(",", ":"), sort_keys=True).encode()
+
+
+def object_key(resource: str, name: str) -> str:
+    return f"{resource}/{name}"
+
+
+def _spec_of(kind: str, obj: dict[str, Any]) -> list[Any]:
+    return [obj.get(f) for f in SPEC_FIELDS[kind]]
+
+
+def encode_continue(name: str, revision: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": name, "rv": revision}).encode()).decode()
+
+
+def decode_continue(token: str) -> str:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(data["after"])
+    except (binascii.Error, ValueError, KeyError, TypeError) as err:
+        raise BadRequest(f"invalid continue token {token!r}") from err
+
+
+class Registry:
+    """CRUD of API objects over a Store, with one watch cache per resource."""
+
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self.caches = {resource: WatchCache(store, resource) for resource in RESOURCES}
+        self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
+
+    async def start(self) -> None:
+        await asyncio.gather(*(cache.start() for cache in self.caches.values()))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(cache.stop() for cache in self.caches.values()))
+
+    async def _timed(self, op: str, call: Awaitable[Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.on_store_call(op, time.perf_counter() - started)
+
+    # ---- reads (watch cache) ----
+    def get(self, resource: str, name: str) -> dict[str, Any]:
+        obj = self.caches[resource].get(name)
+        if obj is None:
+            raise NotFound(f'{RESOURCES[resource].lower()}s "{name}" not found', kind=RESOURCES[resource], name=name)
+        return copy.deepcopy(obj)
+
+    def find(self, resource: str, name: str) -> dict[str, Any] | None:
+        obj = self.caches[resource].get(name)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def list(
+        self,
+        resource: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int = 0,
+        continue_token: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int, str]:
+        """Matching objects in name order, the cache revision, and a continue token when truncated."""
+        cache = self.caches[resource]
+        by_label = parse_label_selector(label_selector)
+        by_field = parse_field_selector(field_selector)
+        after = decode_continue(continue_token) if continue_token else None
+        revision = cache.revision
+        items: list[dict[str, Any]] = []
+        next_token = ""
+        for name in sorted(cache.objects):
+            if after is not None and name <= after:
+                continue
+            obj = cache.objects[name]
+            if not (by_label(obj) and by_field(obj)):
+                continue
+            if limit and len(items) == limit:
+                next_token = encode_continue(items[-1]["metadata"]["name"], revision)
+                break
+            items.append(obj)
+        return copy.deepcopy(items), revision, next_token
+
+    def objects(self, resource: str) -> list[dict[str, Any]]:
+        """Every object of a resource, shared (not copied): for controllers that only read."""
+        return list(self.caches[resource].objects.values())
+
+    # ---- writes ----
+    async def _settle(self, resource: str, revision: int) -> None:
+        await self.caches[resource].wait_for(revision)
+
+    async def create(self, resource: str, obj: dict[str, Any], *, lease: int = 0) -> dict[str, Any]:
+        kind = RESOURCES[resource]
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        name = meta["name"]
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339(self.clock)
+        meta["generation"] = 1
+        meta.pop("resourceVersion", None)
+        obj["kind"], obj["apiVersion"] = kind, "v1"
+        try:
+            revision = await self._timed("create", self.store.create(object_key(resource, name), encode(obj), lease=lease))
+        except AlreadyExists as err:
+            raise AlreadyExists(f'{kind.lower()}s "{name}" already exists', kind=kind, name=name) from err
+        await self._settle(resource, revision)
+        meta["resourceVersion"] = str(revision)
+        return obj
+
+    async def _current(self, resource: str, name: str) -> dict[str, Any]:
+        kv = await self._timed("get", self.store.get(object_key(resource, name)))
+        if kv is None:
+            kind = RESOURCES[resource]
+            raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name)
+        return decode(kv)
+
+    async def replace(
+        self, resource: str, name: str, obj: dict[str, Any], *, expected_rv: str | None = None
+    ) -> dict[str, Any]:
+        """Replace spec, labels and annotations; status is kept. ``expected_rv`` (or the object's own
+        metadata.resourceVersion) must be current, else Conflict."""
+        kind = RESOURCES[resource]
+        rv = expected_rv if expected_rv is not None else (obj.get("metadata") or {}).get("resourceVersion")
+        current = self.find(resource, name)
+        if current is None or (rv and current["metadata"]["resourceVersion"] != rv):
+            current = await self._current(resource, name)
+        if rv and current["metadata"]["resourceVersion"] != str(rv):
+            raise Conflict(
+                f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                kind=kind,
+                name=name,
+            )
+        return await self._write(resource, current, self._merged(kind, current, obj))
+
+    @staticmethod
+    def _merged(kind: str, current: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+        new = copy.deepcopy(obj)
+        meta = new.setdefault("metadata", {})
+        cur_meta = current["metadata"]
+        for key in ("name", "uid", "creationTimestamp"):
+            meta[key] = cur_meta.get(key)
+        meta["generation"] = cur_meta.get("generation", 1)
+        if _spec_of(kind, new) != _spec_of(kind, current):
+            meta["generation"] += 1
+        if kind in HAS_STATUS:
+            new["status"] = copy.deepcopy(current.get("status"))
+        new["kind"], new["apiVersion"] = kind, "v1"
+        return new
+
+    async def _write(self, resource: str, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        kind = RESOURCES[resource]
+        name = current["metadata"]["name"]
+        rv = int(current["metadata"]["resourceVersion"])
+        try:
+            revision = await self._timed(
+                "update", self.store.update(object_key(resource, name), encode(new), expected_revision=rv)
+            )
+        except Conflict as err:
+            raise Conflict(
+                f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                kind=kind,
+                name=name,
+            ) from err
+        except NotFound as err:
+            raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name) from err
+        await self._settle(resource, revision)
+        new["metadata"]["resourceVersion"] = str(revision)
+        return new
+
+    async def update_status(
+        self, resource: str, name: str, status: dict[str, Any], *, expected_rv: str | None = None
+    ) -> dict[str, Any]:
+        """Replace the status only; with ``expected_rv`` a stale write is a Conflict, else it retries."""
+
+        def set_status(obj: dict[str, Any]) -> dict[str, Any]:
+            obj["status"] = copy.deepcopy(status)
+            return obj
+
+        return await self.mutate(resource, name, set_status, expected_rv=expected_rv)
+
+    async def mutate(
+        self,
+        resource: str,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        expected_rv: str | None = None,
+        attempts: int = 8,
+    ) -> dict[str, Any]:
+        """Read-modify-write with compare-and-swap, retried on conflicts (controllers' workhorse).
+
+        ``change`` gets a copy of the current object and returns the new one (status included, as is),
+        or None to leave it alone. Generation is bumped when the spec changes."""
+        kind = RESOURCES[resource]
+        current = self.find(resource, name)
+        for attempt in range(attempts):
+            if current is None or attempt > 0:
+                current = await self._current(resource, name)
+            if expected_rv and current["metadata"]["resourceVersion"] != str(expected_rv):
+                raise Conflict(
+                    f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified',
+                    kind=kind,
+                    name=name,
+                )
+            new = change(copy.deepcopy(current))
+            if new is None:
+                return current
+            meta = new.setdefault("metadata", {})
+            meta["generation"] = current["metadata"].get("generation", 1) + (
+                1 if _spec_of(kind, new) != _spec_of(kind, current) else 0
+            )
+            for key in ("name", "uid", "creationTimestamp"):
+                meta[key] = current["metadata"].get(key)
+            try:
+                return await self._write(resource, current, new)
+            except Conflict:
+                if expected_rv or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def delete(self, resource: str, name: str, *, expected_rv: str | None = None) -> dict[str, Any]:
+        kind = RESOURCES[resource]
+        try:
+            kv = await self._timed(
+                "delete",
+                self.store.delete(object_key(resource, name), expected_revision=int(expected_rv or 0)),
+            )
+        except NotFound as err:
+            raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name) from err
+        except Conflict as err:
+            raise Conflict(f'{kind.lower()}s "{name}" has been modified', kind=kind, name=name) from err
+        revision = await self._timed("revision", self.store.revision())
+        await self._settle(resource, revision)
+        return decode(kv)

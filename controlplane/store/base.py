@@ -1,0 +1,85 @@
+"""The Store protocol: the few etcd v3 operations the control plane needs.
+
+Two implementations pass one contract suite (tests/integration/test_store_contract.py):
+``EtcdStore`` on aetcd, and ``MemoryStore`` for pure tests and scale simulations.
+Keys are strings relative to the store's prefix; values are bytes. Revisions are
+etcd's: a global counter bumped by every write, and each key's mod revision is the
+object's ``resourceVersion``.
+
+Errors: ``AlreadyExists`` (create on an existing key), ``Conflict`` (compare-and-swap
+on a stale mod revision), ``NotFound``, ``Gone`` (watch from a compacted revision),
+``StoreUnavailable`` (no endpoint answers) -- all from ``controlplane.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change. For DELETE, ``kv.value`` is the value before deletion (prev_kv) when known,
+    and ``kv.mod_revision`` is the revision of the delete."""
+
+    type: Literal["PUT", "DELETE"]
+    kv: KV
+
+
+class Store(Protocol):
+    async def get(self, key: str) -> KV | None: ...
+
+    async def range(
+        self, prefix: str, *, start_after: str | None = None, limit: int = 0
+    ) -> tuple[list[KV], int]:
+        """Keys starting with ``prefix`` in key order, after ``start_after`` when given;
+        ``limit`` 0 means all. Returns the items and the store revision they were read at."""
+        ...
+
+    async def create(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write only if the key does not exist; returns the new mod revision. AlreadyExists otherwise."""
+        ...
+
+    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
+        """Compare-and-swap on mod revision. NotFound if missing, Conflict if stale."""
+        ...
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Unconditional write; returns the new mod revision."""
+        ...
+
+    async def delete(self, key: str, *, expected_revision: int = 0) -> KV:
+        """Delete and return the previous KV. NotFound if missing; Conflict if ``expected_revision``
+        is set and stale."""
+        ...
+
+    def watch(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Every change under ``prefix`` from ``start_revision`` (inclusive) on, in revision order.
+        Resumes by itself after connection errors; raises Gone if ``start_revision`` is compacted."""
+        ...
+
+    async def grant_lease(self, ttl: int) -> int: ...
+
+    async def refresh_lease(self, lease_id: int) -> int:
+        """Keep a lease alive once; returns the remaining TTL (0 or NotFound if expired)."""
+        ...
+
+    async def revoke_lease(self, lease_id: int) -> None: ...
+
+    async def revision(self) -> int:
+        """The current store revision."""
+        ...
+
+    async def compact(self, revision: int) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,213 @@
+"""The watch cache: one list+watch of etcd per resource, shared by every read and watch.
+
+Kubernetes' apiserver does the same: without it each GET and each of 1,000 watchers would
+hit etcd. The cache lists the resource's prefix once, then follows a single store watch
+from the listed revision + 1, keeping the current objects and a window of recent events.
+Watchers subscribe from a revision: events still in the window are replayed, older
+revisions are Gone (410), as in Kubernetes. Each event is encoded to JSON once and the
+same bytes go to every watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.errors import Gone, ServiceUnavailable
+from controlplane.store.base import KV, Store
+
+log = logging.getLogger(__name__)
+
+
+def decode(kv: KV) -> dict[str, Any]:
+    """Decode a stored object and stamp its resourceVersion (etcd's mod revision)."""
+    obj: dict[str, Any] = json.loads(kv.value)
+    obj.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+    return obj
+
+
+@dataclass
+class CacheEvent:
+    revision: int
+    type: str  # ADDED, MODIFIED, DELETED
+    object: dict[str, Any]
+    _line: bytes | None = None
+
+    def line(self) -> bytes:
+        """The NDJSON line for this event, encoded once and shared by every watcher."""
+        if self._line is None:
+            self._line = json.dumps({"type": self.type, "object": self.object}, separators=(",", ":")).encode() + b"\n"
+        return self._line
+
+
+@dataclass(eq=False)
+class Subscription:
+    queue: asyncio.Queue[CacheEvent | None]
+    matches: Callable[[dict[str, Any]], bool]
+    closed_reason: str = ""
+    cache: WatchCache | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.subscribers.discard(self)
+            self.cache = None
+
+
+class WatchCache:
+    """Current objects and recent events of one resource, fed by one store watch."""
+
+    def __init__(self, store: Store, resource: str, *, window: int = 20000, queue_size: int = 10000) -> None:
+        self.store = store
+        self.resource = resource
+        self.prefix = f"{resource}/"
+        self.objects: dict[str, dict[str, Any]] = {}
+        self._encoded: dict[str, bytes] = {}
+        self.events: collections.deque[CacheEvent] = collections.deque(maxlen=window)
+        self.revision = 0
+        self.oldest_revision = 0  # events after this revision are all in the window
+        self.subscribers: set[Subscription] = set()
+        self.queue_size = queue_size
+        self.ready = asyncio.Event()
+        self._advanced = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._relist()
+        self._task = asyncio.create_task(self._follow(), name=f"watchcache-{self.resource}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for sub in list(self.subscribers):
+            sub.queue.put_nowait(None)
+        self.subscribers.clear()
+
+    async def _relist(self) -> None:
+        items, revision = await self.store.range(self.prefix)
+        self.objects = {kv.key[len(self.prefix):]: decode(kv) for kv in items}
+        self._encoded = {}
+        self.revision = revision
+        self.oldest_revision = revision
+        self.events.clear()
+        self.ready.set()
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                async for event in self.store.watch(self.prefix, start_revision=self.revision + 1):
+                    await self._apply(event.type, event.kv)
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                log.warning("watch cache for %s fell behind a compaction; re-listing", self.resource)
+                self._drop_subscribers("the watch cache was re-listed after a compaction")
+                await self._relist_with_retry()
+            except Exception:
+                log.exception("watch cache for %s lost its watch; resuming", self.resource)
+                await asyncio.sleep(0.5)
+
+    async def _relist_with_retry(self) -> None:
+        while True:
+            try:
+                await self._relist()
+                return
+            except Exception:
+                log.exception("re-list of %s failed", self.resource)
+                await asyncio.sleep(0.5)
+
+    def _drop_subscribers(self, reason: str) -> None:
+        for sub in list(self.subscribers):
+            sub.closed_reason = reason
+            sub.queue.put_nowait(None)
+        self.subscribers.clear()
+
+    async def _apply(self, kind: str, kv: KV) -> None:
+        name = kv.key[len(self.prefix):]
+        self._encoded.pop(name, None)
+        if kind == "PUT":
+            obj = decode(kv)
+            type_ = "MODIFIED" if name in self.objects else "ADDED"
+            self.objects[name] = obj
+        else:
+            previous = self.objects.pop(name, None)
+            if previous is None and kv.value:
+                previous = decode(kv)
+            if previous is None:
+                previous = {"metadata": {"name": name}}
+            obj = dict(previous)
+            obj["metadata"] = dict(previous.get("metadata") or {}, resourceVersion=str(kv.mod_revision))
+            type_ = "DELETED"
+        event = CacheEvent(kv.mod_revision, type_, obj)
+        if len(self.events) == self.events.maxlen and self.events:
+            self.oldest_revision = self.events[0].revision
+        self.events.append(event)
+        self.revision = max(self.revision, kv.mod_revision)
+        for sub in list(self.subscribers):
+            if sub.matches(obj):
+                try:
+                    sub.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    sub.closed_reason = "watcher too slow"
+                    self.subscribers.discard(sub)
+                    # make room for the end-of-stream marker
+                    while not sub.queue.empty():
+                        sub.queue.get_nowait()
+                    sub.queue.put_nowait(None)
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    async def wait_for(self, revision: int, *, timeout: float = 2.0) -> bool:
+        """Wait until the cache has seen ``revision`` (read-your-writes for this server's clients)."""
+        if self.revision >= revision:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._advanced:
+                    await self._advanced.wait_for(lambda: self.revision >= revision)
+            return True
+        except TimeoutError:
+            return False
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.objects.get(name)
+
+    def encoded(self, name: str) -> bytes | None:
+        """The object's JSON bytes, encoded once per revision (single-object GETs are the hot path)."""
+        data = self._encoded.get(name)
+        if data is None:
+            obj = self.objects.get(name)
+            if obj is None:
+                return None
+            data = self._encoded[name] = json.dumps(obj, separators=(",", ":")).encode()
+        return data
+
+    def items(self) -> list[dict[str, Any]]:
+        return [self.objects[name] for name in sorted(self.objects)]
+
+    def subscribe(self, from_revision: int | None, matches: Callable[[dict[str, Any]], bool]) -> tuple[
+        Subscription, list[CacheEvent]
+    ]:
+        """Subscribe to events after ``from_revision``; returns the subscription and the events to replay.
+
+        ``None`` means "now": the caller sends the current objects as ADDED itself."""
+        if not self.ready.is_set():
+            raise ServiceUnavailable(f"the {self.resource} cache is not ready")
+        replay: list[CacheEvent] = []
+        if from_revision is not None and from_revision < self.revision:
+            if from_revision < self.oldest_revision:
+                raise Gone(
+                    f"too old resource version: {from_revision} ({self.oldest_revision})", kind=self.resource
+                )
+            replay = [e for e in self.events if e.revision > from_revision and matches(e.object)]
+        sub = Subscription(asyncio.Queue(maxsize=self.queue_size), matches, cache=self)
+        self.subscribers.add(sub)
+        return sub, replay
