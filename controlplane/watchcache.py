@@ -71,6 +71,8 @@ class WatchCache:
         self.revision = 0
         self.oldest_revision = 0  # events after this revision are all in the window
         self.subscribers: set[Subscription] = set()
+        # in-process listeners (the leader's controllers): called with every event, must not block
+        self.listeners: list[Callable[[CacheEvent], None]] = []
         self.queue_size = queue_size
         self.ready = asyncio.Event()
         self._advanced = asyncio.Condition()
@@ -151,6 +153,8 @@ class WatchCache:
             self.oldest_revision = self.events[0].revision
         self.events.append(event)
         self.revision = max(self.revision, kv.mod_revision)
+        for listener in self.listeners:
+            listener(event)
         for sub in list(self.subscribers):
             if sub.matches(obj):
                 try:

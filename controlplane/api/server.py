@@ -11,14 +11,12 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator
 
 import click
 from aiohttp import web
 
 from controlplane.api.app import make_app
 from controlplane.api.auth import TokenTable
-from controlplane.api.state import SERVICES
 from controlplane.errors import CPError
 
 log = logging.getLogger("cp-apiserver")
@@ -50,7 +48,7 @@ async def serve(
     if tokens is None:
         log.warning("running WITHOUT authentication (--insecure-no-auth): anyone who reaches %s is admin", listen)
     store = await open_store(etcd, prefix=prefix)
-    config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix}
+    config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen}
     contexts = []
     if controllers:
         from controlplane.controllers.manager import controller_context
@@ -78,11 +76,6 @@ async def serve(
     finally:
         await runner.cleanup()
         await store.close()
-    _ = app[SERVICES]
-
-
-async def _noop_ctx(app: web.Application) -> AsyncIterator[None]:
-    yield
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CP"})
