@@ -22,7 +22,15 @@ from aiohttp import web
 from controlplane.api.auth import authorize
 from controlplane.api.http import json_response, read_json
 from controlplane.api.state import CONFIG, REGISTRY, STORE, user_of
-from controlplane.errors import AlreadyExists, BadRequest, Cause, Conflict, Invalid, NotFound, ServiceUnavailable
+from controlplane.errors import (
+    AlreadyExists,
+    BadRequest,
+    Cause,
+    Conflict,
+    Invalid,
+    NotFound,
+    ServiceUnavailable,
+)
 from controlplane.registry import now_rfc3339
 from controlplane.schemas import load_object, load_status
 

@@ -47,7 +47,10 @@ async def serve(
     tokens = TokenTable.from_file(token_file) if token_file else None
     if tokens is None:
         log.warning("running WITHOUT authentication (--insecure-no-auth): anyone who reaches %s is admin", listen)
-    store = await open_store(etcd, prefix=prefix)
+    store = open_store(etcd, prefix=prefix)
+    connect = getattr(store, "connect", None)
+    if connect is not None:
+        await connect()  # StoreUnavailable (exit 1 with the reason) when no endpoint answers
     config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen}
     contexts = []
     if controllers:

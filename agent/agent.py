@@ -1,0 +1,225 @@
+"""The agent's loops: heartbeat and fencing, the instance watch, the sync loop, status reports.
+
+Everything that decides lives elsewhere (agent/reconcile.py plans, agent/executor.py acts);
+this module only moves data between the API and the executor:
+
+- heartbeat every TTL/3; a machine that has not reached the API for ``fence_after`` seconds
+  stops its own instances (self-fencing), so a cut-off machine never keeps serving copies the
+  cluster has already replaced;
+- list+watch of the instances bound to this machine (field selector ``spec.machine=NAME``);
+- a sync on every watch event, Docker event, health change, requeue deadline and every
+  ``RESYNC_SECONDS``; statuses are written through ``/status`` only when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.executor import Executor
+from agent.health import Prober
+from agent.reconcile import DesiredInstance
+from agent.runtime.base import Runtime, RuntimeFailure
+from controlplane import __version__
+from controlplane.client import Client
+from controlplane.errors import Conflict, CPError, Gone, NotFound
+
+log = logging.getLogger("cp-agent")
+RESYNC_SECONDS = 5.0
+
+
+@dataclass
+class AgentConfig:
+    machine: str
+    address: str
+    cluster: str = "cp"
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu: float = 0.0
+    memory_mb: int = 0
+    fence_after: float | None = None  # default: 80% of the server's machine TTL
+    agent_port: int = 0
+    proxy_image: str = "local/nginx:latest"
+    state_dir: str = "/var/lib/cp-agent"
+
+
+class Agent:
+    def __init__(self, client: Client, runtime: Runtime, config: AgentConfig,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.runtime = runtime
+        self.config = config
+        self.clock = clock
+        self.prober = Prober(runtime)
+        self.executor = Executor(runtime, cluster=config.cluster, machine=config.machine, address=config.address,
+                                 prober=self.prober)
+        self.instances: dict[str, dict[str, Any]] = {}
+        self.reported: dict[str, dict[str, Any]] = {}
+        self.wake = asyncio.Event()
+        self.ttl = 5.0
+        self.last_contact = clock()
+        self.fenced = False
+        self.registered = asyncio.Event()
+        self.synced_once = asyncio.Event()
+        self.extra_tasks: list[Callable[[], Awaitable[None]]] = []
+        self.status_hook: Callable[[str, dict[str, Any]], None] = lambda name, status: None
+        self.desired_hook: Callable[[list[DesiredInstance], dict[str, dict[str, Any]]], list[DesiredInstance]] = (
+            lambda desired, instances: desired
+        )
+
+    # ---- heartbeat and fencing ----
+    @property
+    def fence_after(self) -> float:
+        return self.config.fence_after if self.config.fence_after is not None else 0.8 * self.ttl
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        return {"address": self.config.address, "agentVersion": __version__, "agentPort": self.config.agent_port,
+                "capacity": {"cpu": self.config.cpu, "memoryMB": self.config.memory_mb},
+                "labels": self.config.labels}
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            try:
+                reply = await asyncio.wait_for(self.client.heartbeat(self.config.machine, self.heartbeat_body()),
+                                               timeout=max(self.ttl / 3, 0.5))
+                self.ttl = float(reply.get("leaseTTL") or self.ttl)
+                self.last_contact = self.clock()
+                self.registered.set()
+                if self.fenced:
+                    log.warning("reached the API again: unfencing")
+                    self.fenced = False
+                    self.wake.set()
+            except (CPError, TimeoutError) as err:
+                silent = self.clock() - self.last_contact
+                log.warning("heartbeat failed (%.1fs without the API): %s", silent, err)
+                if not self.fenced and silent >= self.fence_after:
+                    log.error("no API for %.1fs (fence after %.1fs): stopping this machine's instances",
+                              silent, self.fence_after)
+                    self.fenced = True
+                    self.wake.set()
+            await asyncio.sleep(max(min(self.ttl / 4, 1.0), 0.1))
+
+    # ---- instances bound here ----
+    async def watch_loop(self) -> None:
+        selector = f"spec.machine={self.config.machine}"
+        while True:
+            try:
+                items, rv = await self.client.list_all("instances", field_selector=selector)
+                self.instances = {i["metadata"]["name"]: i for i in items}
+                self.wake.set()
+                async for event in self.client.watch("instances", resource_version=rv, field_selector=selector,
+                                                     timeout_seconds=300):
+                    obj = event.get("object") or {}
+                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    name = obj["metadata"]["name"]
+                    if event["type"] == "DELETED" or (obj.get("spec") or {}).get("machine") != self.config.machine:
+                        self.instances.pop(name, None)
+                    else:
+                        self.instances[name] = obj
+                    self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                continue
+            except CPError as err:
+                log.warning("instance watch failed: %s; re-listing", err)
+                await asyncio.sleep(0.5)
+
+    def desired(self) -> list[DesiredInstance]:
+        if self.fenced:
+            return []
+        result: list[DesiredInstance] = []
+        for inst in self.instances.values():
+            template = (inst.get("spec") or {}).get("template") or {}
+            try:
+                result.append(DesiredInstance.from_instance(inst, {"spec": template},
+                                                            default_image=self.config.proxy_image))
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("instance %s cannot run here: %s", inst["metadata"].get("name"), err)
+        return self.desired_hook(result, self.instances)
+
+    async def sync_loop(self) -> None:
+        while True:
+            self.wake.clear()
+            requeue: float | None = None
+            try:
+                result = await self.executor.sync(self.desired())
+                requeue = result.requeue_after
+                await self.report(result.statuses)
+                self.synced_once.set()
+            except RuntimeFailure as err:
+                log.warning("container runtime unavailable: %s", err)
+                requeue = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sync failed")
+                requeue = 1.0
+            timeout = RESYNC_SECONDS if requeue is None else max(min(requeue, RESYNC_SECONDS), 0.05)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+
+    async def report(self, statuses: dict[str, dict[str, Any]]) -> None:
+        if self.fenced:
+            return
+        writes = []
+        for name, status in statuses.items():
+            inst = self.instances.get(name)
+            if inst is None:
+                continue
+            wire = {k: ("" if v is None and k != "exitCode" else v) for k, v in status.items()}
+            wire["machine"] = self.config.machine
+            wire["epoch"] = int(inst["spec"].get("epoch") or 0)
+            wire.setdefault("reasons", {})
+            self.status_hook(name, wire)
+            if self.reported.get(name) == wire:
+                continue
+            writes.append(self._put_status(name, inst, wire))
+        if writes:
+            await asyncio.gather(*writes)
+
+    async def _put_status(self, name: str, inst: dict[str, Any], status: dict[str, Any]) -> None:
+        try:
+            await self.client.put_status("instances", name, {"metadata": {"name": name}, "status": status})
+            self.reported[name] = status
+        except (NotFound, Conflict):
+            pass
+        except CPError as err:
+            log.warning("status of %s not written: %s", name, err)
+
+    async def docker_events_loop(self) -> None:
+        while True:
+            try:
+                async for _event in self.runtime.events(cluster=self.config.cluster):
+                    self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("docker events stream ended: %s", err)
+            await asyncio.sleep(1.0)
+
+    async def prober_loop(self) -> None:
+        await self.prober.run(on_change=lambda _names: self.wake.set())
+
+    async def run(self) -> None:
+        loops: list[Callable[[], Awaitable[None]]] = [
+            self.heartbeat_loop, self.watch_loop, self.sync_loop, self.docker_events_loop, self.prober_loop,
+            *self.extra_tasks,
+        ]
+        tasks = [asyncio.create_task(loop(), name=loop.__name__) for loop in loops]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

@@ -1,0 +1,264 @@
+"""The executor: applies the reconciler's actions to a `Runtime` and reports instance statuses.
+
+Thin on purpose: `plan` decides, this module acts and then describes what it sees in the contract's
+`Instance.status` format. It owns the backoff table the planner reads, pulls missing images (a pull
+that fails becomes phase Failed / ImagePullFailed, never an exception), sets CP_UNIT, CP_INSTANCE
+and CP_MACHINE on every container, and hands the prober its targets.
+
+The agent's main loop calls `Executor.sync(desired)` on every wake-up (watch event, container event,
+timer, `requeue_after`) and writes the statuses it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.health import Prober, ProbeSpec, ProbeTarget
+from agent.reconcile import CRASH_LOOP, Action, BackoffState, DesiredInstance, container_labels, plan
+from agent.runtime.base import (
+    Container,
+    ContainerSpec,
+    ImageNotFound,
+    ImagePullError,
+    Runtime,
+    RuntimeFailure,
+    RuntimeUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+Status = dict[str, Any]
+
+
+@dataclass
+class SyncResult:
+    statuses: dict[str, Status]  # instance name -> Instance.status
+    actions: list[Action]
+    requeue_after: float | None = None  # seconds until a delayed restart is due
+    errors: list[str] = field(default_factory=list)
+
+
+def rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def container_name(cluster: str, desired: DesiredInstance) -> str:
+    """Unique and readable: two agents on one engine, or an old copy being replaced, never clash."""
+    raw = f"cp-{cluster}-{desired.machine}-{desired.name}-{secrets.token_hex(3)}"
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", raw)
+
+
+class Executor:
+    """Acts for one machine of one cluster. `address` is where its containers' ports are published."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        cluster: str,
+        machine: str,
+        address: str,
+        prober: Prober | None = None,
+        clock: Callable[[], float] = time.time,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.runtime = runtime
+        self.cluster = cluster
+        self.machine = machine
+        self.address = address
+        self.prober = prober
+        self.clock = clock
+        self.stop_timeout = stop_timeout
+        self.backoff: dict[str, BackoffState] = {}
+
+    async def sync(self, desired: Sequence[DesiredInstance]) -> SyncResult:
+        """List this machine's containers, plan, apply. Raises RuntimeUnavailable when the engine
+        cannot be reached (the caller retries; statuses are not worth writing then)."""
+        actual = await self.runtime.list_containers(cluster=self.cluster, machine=self.machine)
+        actions = plan(desired, actual, now=self.clock(), backoff=self.backoff)
+        result = await self.apply(actions)
+        wanted = {d.name for d in desired}
+        for name in list(self.backoff):
+            if name not in wanted:
+                del self.backoff[name]
+        return result
+
+    async def apply(self, actions: Sequence[Action]) -> SyncResult:
+        result = SyncResult(statuses={}, actions=list(actions))
+        primaries: list[Action] = []
+        for action in actions:
+            if action.kind in ("stop", "remove"):
+                await self._retire(action, result)
+            else:
+                primaries.append(action)
+        running: dict[str, tuple[DesiredInstance, Container]] = {}
+        outcomes = await asyncio.gather(*(self._primary(a, result) for a in primaries))
+        for action, (status, container) in zip(primaries, outcomes, strict=True):
+            result.statuses[action.instance] = status
+            if container is not None and container.state == "running" and action.desired is not None:
+                running[action.instance] = (action.desired, container)
+            if action.kind == "restart" and action.delay > 0:
+                due = action.delay
+                result.requeue_after = due if result.requeue_after is None else min(result.requeue_after, due)
+        if self.prober is not None:
+            self.prober.update(self._probe_targets(running))
+            for name, (desired, container) in running.items():
+                result.statuses[name] = self._running_status(desired, container)
+        return result
+
+    # --- actions ---------------------------------------------------------------------------
+    async def _retire(self, action: Action, result: SyncResult) -> None:
+        assert action.container_id is not None
+        log.info("%s %s (%s): %s", action.kind, action.instance, action.container_id[:12], action.reason)
+        try:
+            if action.kind == "stop":
+                await self.runtime.stop(action.container_id, grace=self.stop_timeout)
+            else:
+                await self.runtime.remove(action.container_id)
+        except RuntimeUnavailable:
+            raise
+        except RuntimeFailure as err:
+            result.errors.append(f"{action.kind} {action.instance}: {err}")
+            log.warning("%s %s failed: %s", action.kind, action.instance, err)
+
+    async def _primary(self, action: Action, result: SyncResult) -> tuple[Status, Container | None]:
+        d = action.desired
+        assert d is not None
+        try:
+            if action.kind == "create":
+                return await self._create(d, action)
+            if action.kind == "start":
+                assert action.container_id is not None
+                log.info("start %s: %s", d.name, action.reason)
+                container = await self.runtime.start(action.container_id)
+                return self._running_status(d, container), container
+            if action.kind == "restart":
+                return await self._restart(d, action)
+            assert action.container_id is not None
+            container = await self.runtime.inspect(action.container_id)
+            if container.state == "running":
+                return self._running_status(d, container), container
+            return self._exited_status(d, container, action), container
+        except RuntimeUnavailable:
+            raise
+        except RuntimeFailure as err:
+            reason = {"create": "CreateFailed", "start": "StartFailed", "restart": "StartFailed"}.get(
+                action.kind, "RuntimeError"
+            )
+            result.errors.append(f"{action.kind} {d.name}: {err}")
+            log.warning("%s %s failed: %s", action.kind, d.name, err)
+            return self._status(d, None, phase="Failed", reason=reason, message=str(err)), None
+
+    async def _create(self, d: DesiredInstance, action: Action) -> tuple[Status, Container | None]:
+        if not d.image:
+            return self._status(d, None, phase="Failed", reason="InvalidSpec", message="no image given"), None
+        try:
+            if not await self.runtime.image_present(d.image):
+                log.info("pulling %s for %s", d.image, d.name)
+                await self.runtime.pull(d.image)
+            log.info("create %s: %s", d.name, action.reason)
+            container = await self.runtime.create_and_start(self.container_spec(d))
+        except (ImagePullError, ImageNotFound) as err:
+            message = str(err) if isinstance(err, ImagePullError) else f"image {d.image!r} is missing: {err}"
+            return self._status(d, None, phase="Failed", reason="ImagePullFailed", message=message), None
+        self.backoff[d.name] = BackoffState(crashes=0, restarts=self.backoff.get(d.name, BackoffState()).restarts)
+        return self._running_status(d, container), container
+
+    async def _restart(self, d: DesiredInstance, action: Action) -> tuple[Status, Container | None]:
+        assert action.container_id is not None
+        if action.delay > 0:
+            container = await self.runtime.inspect(action.container_id)
+            crash_loop = action.reason.startswith(CRASH_LOOP)
+            status = self._status(
+                d,
+                container,
+                phase="Failed" if crash_loop else "Starting",
+                reason=CRASH_LOOP if crash_loop else "Restarting",
+                message=f"{action.reason}; restarting in {action.delay:.1f}s",
+            )
+            return status, container
+        log.info("restart %s: %s", d.name, action.reason)
+        container = await self.runtime.start(action.container_id)
+        old = self.backoff.get(d.name, BackoffState())
+        self.backoff[d.name] = BackoffState(crashes=action.crashes, restarts=old.restarts + 1)
+        return self._running_status(d, container), container
+
+    def container_spec(self, d: DesiredInstance) -> ContainerSpec:
+        env = dict(d.env)
+        env.update({"CP_UNIT": d.unit, "CP_INSTANCE": d.name, "CP_MACHINE": self.machine})
+        return ContainerSpec(
+            name=container_name(self.cluster, d),
+            image=d.image,
+            command=d.command,
+            env=env,
+            labels=container_labels(d, cluster=self.cluster),
+            ports=d.ports,
+            host_ip=self.address,
+            binds=d.binds,
+            network=d.network,
+            cpu=d.cpu,
+            memory_mb=d.memory_mb,
+            init=True,
+        )
+
+    # --- status ----------------------------------------------------------------------------
+    def _status(
+        self, d: DesiredInstance, c: Container | None, *, phase: str, reason: str = "", message: str = "",
+        ready: bool = False,
+    ) -> Status:
+        return {
+            "phase": phase,
+            "ready": ready,
+            "reason": reason,
+            "message": message,
+            "containerID": c.id if c else "",
+            "address": self.address,
+            "hostPorts": [p.to_wire() for p in c.host_ports] if c else [],
+            "restarts": self.backoff.get(d.name, BackoffState()).restarts,
+            "exitCode": c.exit_code if c else None,
+            "startedAt": rfc3339(c.started_at) if c else None,
+        }
+
+    def _running_status(self, d: DesiredInstance, c: Container) -> Status:
+        if not d.health or self.prober is None:
+            return self._status(d, c, phase="Running", ready=True)
+        state = self.prober.state(d.name)
+        if state is None or not state.ever_ready:
+            message = state.last_message if state and state.last_message else "waiting for the first health check"
+            return self._status(d, c, phase="Starting", reason="HealthCheckPending", message=message)
+        if state.ready:
+            return self._status(d, c, phase="Running", ready=True)
+        return self._status(d, c, phase="Running", reason="Unhealthy", message=state.last_message)
+
+    def _exited_status(self, d: DesiredInstance, c: Container, action: Action) -> Status:
+        if c.exit_code == 0:
+            return self._status(d, c, phase="Stopped", reason="Completed", message=action.reason)
+        return self._status(d, c, phase="Failed", reason="Error", message=action.reason)
+
+    def _probe_targets(self, running: Mapping[str, tuple[DesiredInstance, Container]]) -> dict[str, ProbeTarget]:
+        targets: dict[str, ProbeTarget] = {}
+        for name, (d, c) in running.items():
+            if not d.health:
+                continue
+            try:
+                spec = ProbeSpec.from_health(d.health)
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("instance %s: bad health spec: %s", name, err)
+                continue
+            host, port = c.ip_address, spec.port
+            for mapping in c.host_ports:
+                if mapping.container_port == spec.port and mapping.protocol == "tcp":
+                    host, port = self.address, mapping.host_port
+                    break
+            targets[name] = ProbeTarget(name, c.id, c.started_at, spec, host, port)
+        return targets

@@ -1,0 +1,154 @@
+"""cp-agent: flags and wiring (runtime choice, API client, log server, proxy manager).
+
+One agent per machine. It talks only to the API server (never to etcd), with a node token
+bound to its machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from agent.agent import Agent, AgentConfig
+from agent.logserver import make_log_app
+from agent.runtime.base import Runtime
+from controlplane.client import Client
+
+log = logging.getLogger("cp-agent")
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """``k=v,k=v`` -> labels (fleet's machine metadata)."""
+    labels: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected k=v, got {part!r}", param_hint="--metadata")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def host_capacity() -> tuple[float, int]:
+    cpu = float(os.cpu_count() or 1)
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        memory_mb = int(pages * page_size / (1024 * 1024))
+    except (ValueError, OSError):
+        memory_mb = 0
+    return cpu, memory_mb
+
+
+def make_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | None) -> Runtime:
+    if docker.startswith("ssh://"):
+        from agent.runtime.ssh import SSHDockerRuntime
+
+        return SSHDockerRuntime(docker, known_hosts=known_hosts, client_key=ssh_key)
+    from agent.runtime.docker import DockerRuntime
+
+    return DockerRuntime(docker)
+
+
+async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
+                    known_hosts: str | None, ssh_key: str | None) -> None:
+    runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
+    client = Client(server, token=token, ca=ca, timeout=5.0)
+    agent = Agent(client, runtime, config)
+    from agent.proxy.manager import ProxyManager
+
+    proxies = ProxyManager(agent, client, runtime, state_dir=Path(config.state_dir))
+    agent.desired_hook = proxies.desired_hook
+    agent.status_hook = proxies.status_hook
+    agent.extra_tasks.append(proxies.run)
+
+    def container_ids() -> dict[str, str]:
+        return {name: status["containerID"] for name, status in agent.reported.items() if status.get("containerID")}
+
+    log_app = make_log_app(runtime, server=server, ca=ca, cluster=config.cluster, machine=config.machine,
+                           containers=container_ids)
+    runner = web.AppRunner(log_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.address, config.agent_port, reuse_address=True)
+    await site.start()
+    log.info("cp-agent %s: machine %s, address %s, logs on port %d, docker %s", config.cluster, config.machine,
+             config.address, config.agent_port, docker)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    main_task = asyncio.create_task(agent.run())
+    stop_task = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if main_task.done():
+            main_task.result()
+    finally:
+        main_task.cancel()
+        stop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await main_task
+        await runner.cleanup()
+        await client.close()
+        await runtime.close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", envvar="CP_SERVER", default="http://127.0.0.1:7070", show_default=True)
+@click.option("--token", envvar="CP_TOKEN", help="node token (or --token-file)")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False))
+@click.option("--machine", default=lambda: socket.gethostname().split(".")[0].lower(), show_default="host name")
+@click.option("--metadata", default="", help="machine labels k=v,k=v (fleet metadata)")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="where other machines reach this machine's containers")
+@click.option("--cpu", type=float, default=None, help="capacity in CPUs (default: the host's)")
+@click.option("--memory-mb", type=int, default=None, help="capacity in MB (default: the host's)")
+@click.option("--docker", default="unix:///var/run/docker.sock", show_default=True,
+              help="unix:///var/run/docker.sock or ssh://user@host[:port]")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), help="for ssh://: host keys to check against")
+@click.option("--ssh-key", type=click.Path(exists=True, dir_okay=False), help="for ssh://: identity file")
+@click.option("--fence-after", type=float, default=None,
+              help="stop own instances after this many seconds without the API (default 80%% of the machine TTL)")
+@click.option("--agent-port", type=click.IntRange(0, 65535), default=7071, show_default=True,
+              help="port of the agent's log endpoint, on --address")
+@click.option("--cluster", default="cp", show_default=True, help="label that marks this cluster's containers")
+@click.option("--proxy-image", default="local/nginx:latest", show_default=True)
+@click.option("--state-dir", default="/var/lib/cp-agent", show_default=True, help="proxy configs live here")
+@click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
+def main(server: str, token: str | None, token_file: str | None, ca: str | None, machine: str, metadata: str,
+         address: str, cpu: float | None, memory_mb: int | None, docker: str, known_hosts: str | None,
+         ssh_key: str | None, fence_after: float | None, agent_port: int, cluster: str, proxy_image: str,
+         state_dir: str, log_level: str) -> None:
+    """The controlplane agent: runs this machine's instances as Docker containers."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if token_file:
+        token = Path(token_file).read_text().strip()
+    host_cpu, host_memory = host_capacity()
+    config = AgentConfig(
+        machine=machine, address=address, cluster=cluster, labels=parse_metadata(metadata),
+        cpu=cpu if cpu is not None else host_cpu, memory_mb=memory_mb if memory_mb is not None else host_memory,
+        fence_after=fence_after, agent_port=agent_port, proxy_image=proxy_image, state_dir=state_dir,
+    )
+    try:
+        asyncio.run(run_agent(server=server, token=token, ca=ca, config=config, docker=docker,
+                              known_hosts=known_hosts, ssh_key=ssh_key))
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:  # a clear one-line reason, the traceback in the debug log
+        log.debug("agent failed", exc_info=True)
+        click.echo(f"cp-agent: {err}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""Runs the proxy instances of this machine: nginx containers whose config the agent renders.
+
+For each proxy instance bound here the manager
+- shapes its container (agent.desired_hook): the proxy image, ``nginx -c /etc/cp-nginx/nginx.conf``
+  and the instance's config folder bind-mounted at /etc/cp-nginx, made bootable before start;
+- follows Units and Endpoints (list+watch through the API) and, debounced, renders the whole
+  config (render.py, pure) and applies it (apply.py: validate, swap, reload, verify, roll back);
+- reports a rejected config as a Warning Event on the instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import socket
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.proxy.apply import DockerExecNginx, NginxApplier
+from agent.proxy.debounce import Debouncer
+from agent.proxy.render import InvalidProxySpec, ProxySpec, render, routes_for
+from agent.reconcile import DesiredInstance
+from agent.runtime.base import Bind, Runtime
+from controlplane.client import Client
+from controlplane.errors import CPError, Gone
+from controlplane.registry import now_rfc3339
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+log = logging.getLogger(__name__)
+CONTAINER_DIR = "/etc/cp-nginx"
+NGINX_COMMAND = ("nginx", "-c", f"{CONTAINER_DIR}/nginx.conf", "-g", "daemon off;")
+
+
+def routed_port(unit: dict[str, Any]) -> int | None:
+    """The container port a proxy sends a unit's traffic to: expose.port, else the first port."""
+    spec = unit.get("spec") or {}
+    expose = spec.get("expose") or {}
+    if expose.get("port"):
+        return int(expose["port"])
+    proxy = spec.get("proxy") or {}
+    if proxy.get("port"):
+        return int(proxy["port"])
+    ports = spec.get("ports") or []
+    return int(ports[0]["containerPort"]) if ports else None
+
+
+def filtered_endpoints(units: dict[str, dict[str, Any]], endpoints: dict[str, dict[str, Any]]) -> dict[
+    str, dict[str, Any]
+]:
+    """Endpoints per unit keeping only the entries of the port proxies route to."""
+    result: dict[str, dict[str, Any]] = {}
+    for name, obj in endpoints.items():
+        unit = units.get(name)
+        port = routed_port(unit) if unit else None
+        items = [e for e in obj.get("endpoints") or [] if port is None or e.get("containerPort") in (None, port)]
+        result[name] = {"metadata": {"name": name}, "endpoints": items}
+    return result
+
+
+def free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+class ProxyInstance:
+    """One proxy instance: nginx on the host network, listening on the machine's address.
+
+    Host networking because a dev cluster's machine addresses (127.0.1.x) are the host's
+    loopback, which a bridge-networked container cannot reach; on real machines it also spares
+    a NAT hop. The listen port is the unit's hostPort, or one picked free on the address and kept
+    in the instance's folder so an agent restart reuses it."""
+
+    def __init__(self, name: str, spec: ProxySpec, conf_dir: Path, *, address: str, host_port: int) -> None:
+        self.name = name
+        self.container_port = spec.port
+        self.conf_dir = conf_dir
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        ports_file = conf_dir / "ports.json"
+        saved: dict[str, int] = {}
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads(ports_file.read_text())
+        if host_port:
+            listen = host_port
+        elif saved.get("listen") and saved.get("containerPort") == spec.port:
+            listen = int(saved["listen"])
+        else:
+            listen = free_port(address)
+        status = int(saved.get("status") or 0) or free_port("127.0.0.1")
+        ports_file.write_text(json.dumps({"listen": listen, "status": status, "containerPort": spec.port}))
+        self.listen_port = listen
+        self.status_port = status
+        self.address = address
+        self.spec = dataclasses.replace(spec, port=listen)
+        self.source_spec = spec
+        self.applier: NginxApplier | None = None
+        self.container_id = ""
+        self.debouncer: Debouncer | None = None
+        self.last_reason = ""
+
+
+class ProxyManager:
+    def __init__(self, agent: Agent, client: Client, runtime: Runtime, *, state_dir: Path) -> None:
+        self.agent = agent
+        self.client = client
+        self.runtime = runtime
+        self.state_dir = state_dir
+        self.units: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.proxies: dict[str, ProxyInstance] = {}
+        self.synced = asyncio.Event()
+
+    # ---- container shape ----
+    def conf_dir(self, instance: str) -> Path:
+        return self.state_dir / "proxy" / self.agent.config.cluster / self.agent.config.machine / instance
+
+    def render_for(self, proxy: ProxyInstance) -> str:
+        routes = routes_for(proxy.spec, self.units.values(), filtered_endpoints(self.units, self.endpoints))
+        return render(proxy.spec, routes, status_port=proxy.status_port, listen_address=proxy.address).text
+
+    def status_hook(self, name: str, status: dict[str, Any]) -> None:
+        """Proxies publish no Docker ports (host network): report the port nginx listens on."""
+        proxy = self.proxies.get(name)
+        if proxy is not None:
+            status["hostPorts"] = [{"containerPort": proxy.container_port, "hostPort": proxy.listen_port,
+                                    "protocol": "tcp"}]
+            status["address"] = proxy.address
+
+    def desired_hook(self, desired: list[DesiredInstance], instances: dict[str, dict[str, Any]]) -> list[
+        DesiredInstance
+    ]:
+        shaped: list[DesiredInstance] = []
+        live: set[str] = set()
+        for d in desired:
+            template = (instances.get(d.name, {}).get("spec") or {}).get("template") or {}
+            if not template.get("proxy"):
+                shaped.append(d)
+                continue
+            try:
+                spec = ProxySpec.from_unit({"spec": template})
+            except InvalidProxySpec as err:
+                log.warning("proxy instance %s: %s", d.name, err)
+                continue
+            host_port = next((p.host_port for p in d.ports if p.container_port == spec.port), 0)
+            proxy = self.proxies.get(d.name)
+            if proxy is None or proxy.source_spec != spec:
+                proxy = self._open(d.name, spec, host_port)
+            live.add(d.name)
+            shaped.append(dataclasses.replace(
+                d, command=NGINX_COMMAND, network="host", ports=(),
+                binds=(Bind(str(proxy.conf_dir), CONTAINER_DIR, read_only=False),),
+            ))
+        for name in list(self.proxies):
+            if name not in live:
+                self._close(name)
+        return shaped
+
+    def _open(self, name: str, spec: ProxySpec, host_port: int) -> ProxyInstance:
+        proxy = ProxyInstance(name, spec, self.conf_dir(name), address=self.agent.config.address,
+                              host_port=host_port)
+        # nginx.conf must exist before the container starts: the last good config if there is
+        # one (an agent restart), else a render of what is known now
+        NginxApplier(proxy.conf_dir, _NoRunner()).prepare(self.render_for(proxy))
+        proxy.debouncer = Debouncer(lambda: self.apply(name), quiet=0.1, max_wait=1.0)
+        self.proxies[name] = proxy
+        return proxy
+
+    def _close(self, name: str) -> None:
+        proxy = self.proxies.pop(name, None)
+        if proxy and proxy.debouncer:
+            asyncio.ensure_future(proxy.debouncer.close())
+
+    # ---- config updates ----
+    def poke_all(self) -> None:
+        for proxy in self.proxies.values():
+            if proxy.debouncer is not None:
+                proxy.debouncer.poke()
+
+    async def apply(self, name: str) -> None:
+        proxy = self.proxies.get(name)
+        if proxy is None:
+            return
+        text = self.render_for(proxy)
+        container_id = (self.agent.reported.get(name) or {}).get("containerID", "")
+        if proxy.applier is None or proxy.container_id != container_id:
+            if not container_id:
+                return
+            runner = RuntimeExecNginx(self.runtime, container_id, host_dir=proxy.conf_dir,
+                                      status_port=proxy.status_port)
+            proxy.applier = NginxApplier(proxy.conf_dir, runner)
+            proxy.applier.prepare(text)
+            proxy.container_id = container_id
+        result = await proxy.applier.apply(text)
+        if not result.ok and result.reason != proxy.last_reason:
+            log.warning("proxy %s kept its last good config: %s", name, result.reason)
+            await self._event(name, "ProxyConfigRejected", result.reason)
+        elif result.ok and result.changed:
+            log.info("proxy %s serves config %s (%.0f ms)", name, (result.config_hash or "")[:12],
+                     result.seconds * 1000)
+        proxy.last_reason = "" if result.ok else result.reason
+
+    async def _event(self, instance: str, reason: str, message: str) -> None:
+        obj = {"metadata": {"name": f"{instance[:50]}-{uuid.uuid4().hex[:8]}"}, "type": "Warning", "reason": reason,
+               "involvedObject": {"kind": "Instance", "name": instance}, "message": message[:1000],
+               "timestamp": now_rfc3339()}
+        with contextlib.suppress(CPError):
+            await self.client.create("events", obj)
+
+    # ---- watches ----
+    async def _follow(self, resource: str, store: dict[str, dict[str, Any]]) -> None:
+        while True:
+            try:
+                items, rv = await self.client.list_all(resource)
+                store.clear()
+                store.update({i["metadata"]["name"]: i for i in items})
+                self.poke_all()
+                async for event in self.client.watch(resource, resource_version=rv, timeout_seconds=300):
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    obj = event["object"]
+                    if event["type"] == "DELETED":
+                        store.pop(obj["metadata"]["name"], None)
+                    else:
+                        store[obj["metadata"]["name"]] = obj
+                    if self.proxies:
+                        self.poke_all()
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                continue
+            except CPError as err:
+                log.warning("proxy manager: %s watch failed: %s", resource, err)
+                await asyncio.sleep(0.5)
+
+    async def _follow_containers(self) -> None:
+        """Apply as soon as a proxy's container is (re)started: the agent's reports carry its id."""
+        seen: dict[str, str] = {}
+        while True:
+            await asyncio.sleep(0.1)
+            for name in list(self.proxies):
+                cid = (self.agent.reported.get(name) or {}).get("containerID", "")
+                if cid and seen.get(name) != cid:
+                    seen[name] = cid
+                    debouncer = self.proxies[name].debouncer
+                    if debouncer is not None:
+                        debouncer.poke()
+
+    async def run(self) -> None:
+        await asyncio.gather(self._follow("units", self.units), self._follow("endpoints", self.endpoints),
+                             self._follow_containers())
+
+
+class RuntimeExecNginx(DockerExecNginx):
+    """DockerExecNginx through the agent's Runtime protocol, so proxies work over SSH too."""
+
+    def __init__(self, runtime: Runtime, container_id: str, *, host_dir: Path, status_port: int) -> None:
+        super().__init__(None, container_id, host_dir=host_dir, container_dir=CONTAINER_DIR,
+                         status_port=status_port)
+        self.runtime = runtime
+
+    async def _exec(self, cmd: list[str], *, limit_s: float | None = None) -> tuple[int, str]:
+        timeout = self.exec_timeout if limit_s is None else limit_s
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self.runtime.exec(self.container, cmd)
+        except TimeoutError:
+            return -1, f"exec {' '.join(cmd)}: timed out after {timeout}s"
+        except Exception as err:  # runtime failures of any kind: the applier reports them
+            return -1, f"exec {' '.join(cmd)}: {err}"
+        return result.exit_code, result.output.decode(errors="replace")
+
+
+class _NoRunner:
+    """For ``prepare`` only: writes files, never runs nginx."""
+
+    async def test(self, conf: Path) -> tuple[bool, str]:
+        return True, ""
+
+    async def reload(self) -> tuple[bool, str]:
+        return True, ""
+
+    async def fetch_hash(self) -> str | None:
+        return None
+
+    async def reload_settled(self) -> bool:
+        return True

@@ -1,0 +1,1 @@
+"""Container runtimes the agent drives: Docker (local or over SSH) and an in-memory fake."""

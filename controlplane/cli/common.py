@@ -1,0 +1,115 @@
+"""What every cpctl command shares: KIND aliases, the client call wrapper and the error line.
+
+``call`` runs one coroutine against a ``Client`` built from the resolved config and turns
+every expected failure into an ``error: ...`` line and an exit code (1 refused or
+unreachable, 3 waited in vain), so no command prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from controlplane.client import Client
+from controlplane.errors import CPError
+
+from .config import config_from_context
+
+T = TypeVar("T")
+
+# resource (URL plural) -> kind
+KINDS: dict[str, str] = {
+    "units": "Unit",
+    "machines": "Machine",
+    "instances": "Instance",
+    "endpoints": "Endpoints",
+    "events": "Event",
+}
+KIND_TO_RESOURCE = {kind: resource for resource, kind in KINDS.items()}
+# what users type -> resource; kind names (Unit, Machine, ...) match case-insensitively too
+KIND_ALIASES: dict[str, str] = {
+    "unit": "units", "units": "units", "u": "units",
+    "machine": "machines", "machines": "machines", "m": "machines",
+    "instance": "instances", "instances": "instances", "i": "instances",
+    "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
+    "events": "events", "event": "events", "ev": "events",
+}
+# the singular used in "unit/web created"
+SINGULAR = {"units": "unit", "machines": "machine", "instances": "instance", "endpoints": "endpoints",
+            "events": "event"}
+
+
+def resolve_kind(text: str) -> str:
+    """The URL plural for a KIND as typed (singular, plural or short, any case)."""
+    resource = KIND_ALIASES.get(text.strip().lower())
+    if resource is None:
+        known = "unit(s)/u, machine(s)/m, instance(s)/i, endpoints/ep, event(s)/ev"
+        raise click.BadParameter(f"unknown kind {text!r}; expected one of {known}", param_hint="KIND")
+    return resource
+
+
+def ref(resource: str, name: str) -> str:
+    """``unit/web``: how cpctl names an object in its output."""
+    return f"{SINGULAR.get(resource, resource)}/{name}"
+
+
+class CLIError(click.ClickException):
+    """An expected failure: one ``error: ...`` line on stderr and ``exit_code``."""
+
+    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = list(details or [])
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+        for line in self.details:
+            click.echo(line, err=True)
+
+
+class WaitTimeout(CLIError):
+    """A wait that ended before its goal: exit 3."""
+
+    exit_code = 3
+
+
+def error_line(err: CPError) -> str:
+    """The Status message on one line, with any cause the message does not already name."""
+    message = " ".join(str(err.message).split())
+    extra = []
+    for cause in err.causes:
+        text = f"{cause.field}: {cause.message}" if cause.field else cause.message
+        text = " ".join(text.split())
+        if text and text not in message:
+            extra.append(text)
+    if extra:
+        message = f"{message}; {'; '.join(extra)}"
+    return message
+
+
+def make_client(ctx: click.Context | None = None) -> Client:
+    config = config_from_context(ctx)
+    return Client(config.server, token=config.token, ca=config.ca)
+
+
+def call(func: Callable[[Client], Awaitable[T]], *, ctx: click.Context | None = None) -> T:
+    """Run ``func(client)`` on a fresh event loop; CPErrors become ``error: ...`` and exit 1."""
+    client = make_client(ctx)
+
+    async def runner() -> T:
+        async with client:
+            return await func(client)
+
+    try:
+        return asyncio.run(runner())
+    except CPError as err:
+        raise CLIError(error_line(err)) from err
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def echo_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)

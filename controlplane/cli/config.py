@@ -1,0 +1,107 @@
+"""Where cpctl finds its server: flags, then environment, then ``~/.config/cpctl/config.yaml``.
+
+Each setting (server, token, ca) is resolved on its own, so a token from the environment
+can go with the server of the config file that ``cpctl dev up`` wrote. Flags are accepted
+both before the verb (``cpctl --server URL get units``) and after it
+(``cpctl get units --server URL``); the latter wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+DEFAULT_SERVER = "http://127.0.0.1:7070"
+ENV_VARS = {"server": "CPCTL_SERVER", "token": "CPCTL_TOKEN", "ca": "CPCTL_CA"}
+FLAGS_KEY = "cpctl.flags"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ConfigError(click.ClickException):
+    """The config file exists but cannot be used (exit 1, like any refused request)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: str
+    token: str | None = None
+    ca: str | None = None
+
+
+def config_path(home: str | Path | None = None) -> Path:
+    """``~/.config/cpctl/config.yaml`` (HOME decides, so tests and ``dev up`` can move it)."""
+    base = Path(home) if home is not None else Path.home()
+    return base / ".config" / "cpctl" / "config.yaml"
+
+
+def read_config_file(path: Path) -> dict[str, str]:
+    """The file's server/token/ca; an absent file is empty, an unreadable one a ConfigError."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping with the keys server, token and ca")
+    return {key: str(data[key]) for key in ENV_VARS if data.get(key) not in (None, "")}
+
+
+def resolve_config(
+    *, flags: Mapping[str, str | None], env: Mapping[str, str], file_values: Mapping[str, str]
+) -> Config:
+    """Pure: each key from the flags, else the environment, else the file; server has a default."""
+    values: dict[str, str | None] = {}
+    for key, var in ENV_VARS.items():
+        values[key] = flags.get(key) or env.get(var) or file_values.get(key) or None
+    server = (values["server"] or DEFAULT_SERVER).strip()
+    if "://" not in server:
+        server = "http://" + server
+    return Config(server=server.rstrip("/"), token=values["token"], ca=values["ca"])
+
+
+def load_config(flags: Mapping[str, str | None], *, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    needs_file = any(not flags.get(key) and not env.get(var) for key, var in ENV_VARS.items())
+    file_values = read_config_file(config_path()) if needs_file else {}
+    return resolve_config(flags=flags, env=env, file_values=file_values)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta.setdefault(FLAGS_KEY, {})[str(param.name)] = value
+
+
+def connection_options(func: F) -> F:
+    """``--server``, ``--token`` and ``--ca`` on a group or a command (stored in ``ctx.meta``)."""
+    options = [
+        click.option("--server", metavar="URL", expose_value=False, callback=_remember,
+                     help="API server URL [env CPCTL_SERVER]"),
+        click.option("--token", metavar="TOKEN", expose_value=False, callback=_remember,
+                     help="bearer token [env CPCTL_TOKEN]"),
+        click.option("--ca", metavar="FILE", expose_value=False, callback=_remember,
+                     help="CA certificate for an https server [env CPCTL_CA]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def config_from_context(ctx: click.Context | None = None) -> Config:
+    ctx = ctx or click.get_current_context()
+    return load_config(dict(ctx.meta.get(FLAGS_KEY) or {}))

@@ -1,0 +1,33 @@
+"""``cpctl delete KIND NAME``: remove an object; ``--wait`` until it (and a unit's instances,
+which the controllers stop and remove) are gone."""
+
+from __future__ import annotations
+
+import click
+
+from controlplane.client import Client
+
+from .common import call, ref
+from .config import connection_options
+from .get import kind_argument
+from .wait import wait_for_deletion
+
+
+@click.command("delete")
+@click.argument("kind", callback=kind_argument, metavar="KIND")
+@click.argument("name")
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="wait until the object and a unit's instances are gone")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@connection_options
+def delete_command(kind: str, name: str, wait: bool, timeout: float) -> None:
+    """Delete object NAME of KIND."""
+    resource = kind
+
+    async def go(api: Client) -> None:
+        await api.delete(resource, name)
+        click.echo(f"{ref(resource, name)} deleted")
+        if wait:
+            await wait_for_deletion(api, resource, name, timeout=timeout)
+
+    call(go)

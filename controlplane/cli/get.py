@@ -1,0 +1,104 @@
+"""``cpctl get KIND [NAME]``: list or show objects in a table or as json/yaml/name, and
+optionally keep watching them (re-listing by itself when the watch expires with 410)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from controlplane.client import Client
+from controlplane.errors import Gone
+
+from .common import KINDS, call, ref, resolve_kind
+from .config import connection_options
+from .printers import OUTPUTS, render, table
+
+
+def kind_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return resolve_kind(value)
+
+
+def _print(text: str) -> None:
+    if text:
+        click.echo(text)
+
+
+async def _watch(
+    api: Client, resource: str, output: str, *, label_selector: str | None, field_selector: str | None,
+    items: list[dict[str, Any]], revision: str, timeout: float | None,
+) -> None:
+    """Print the current objects, then each change as it happens."""
+    wide = output == "wide"
+    header_done = False
+
+    def show(objects: list[dict[str, Any]]) -> None:
+        nonlocal header_done
+        if not objects:
+            return
+        if output in ("table", "wide"):
+            _print(table(resource, objects, wide=wide, headers=not header_done))
+            header_done = True
+        elif output == "name":
+            _print("\n".join(ref(resource, (o.get("metadata") or {}).get("name", "")) for o in objects))
+        else:
+            for obj in objects:
+                _print(render(resource, [obj], output, single=True))
+
+    show(items)
+    while True:
+        try:
+            async for event in api.watch(
+                resource, resource_version=revision, label_selector=label_selector,
+                field_selector=field_selector, timeout_seconds=timeout,
+            ):
+                obj = event.get("object") or {}
+                revision = str((obj.get("metadata") or {}).get("resourceVersion") or revision)
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    show([obj])
+            return  # the server ended the stream (timeout)
+        except Gone:
+            items, revision = await api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
+            show(items)
+
+
+@click.command("get")
+@click.argument("kind", callback=kind_argument, metavar="KIND")
+@click.argument("name", required=False)
+@click.option("-o", "--output", type=click.Choice(OUTPUTS), default="table", show_default=True)
+@click.option("-l", "--selector", "label_selector", metavar="SELECTOR",
+              help="label selector: k=v, k!=v, 'k in (a,b)', k, !k (comma-separated, ANDed)")
+@click.option("--field-selector", metavar="SELECTOR", help="field selector, e.g. spec.machine=m1")
+@click.option("-w", "--watch", is_flag=True, help="after listing, print changes as they happen")
+@click.option("--watch-timeout", type=click.FloatRange(min=0), hidden=True,
+              help="end --watch after this many seconds (scripts, tests)")
+@connection_options
+def get_command(
+    kind: str, name: str | None, output: str, label_selector: str | None, field_selector: str | None,
+    watch: bool, watch_timeout: float | None,
+) -> None:
+    """Show objects of KIND (unit/u, machine/m, instance/i, endpoints/ep, events/ev)."""
+    resource = kind
+    if name:
+        by_name = f"metadata.name={name}"
+        field_selector = f"{field_selector},{by_name}" if field_selector else by_name
+
+    async def go(api: Client) -> None:
+        if name and not watch:
+            obj = await api.get(resource, name)
+            _print(render(resource, [obj], output, single=True))
+            return
+        items, revision = await api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
+        if watch:
+            await _watch(api, resource, output, label_selector=label_selector, field_selector=field_selector,
+                         items=items, revision=revision, timeout=watch_timeout)
+            return
+        if not items and output in ("table", "wide"):
+            click.echo(f"No {resource} found.", err=True)
+            return
+        _print(render(resource, items, output, resource_version=revision))
+
+    call(go)
+
+
+__all__ = ["KINDS", "get_command", "kind_argument"]

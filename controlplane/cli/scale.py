@@ -1,0 +1,30 @@
+"""``cpctl scale NAME --replicas N``: the Unit's scale subresource, so only replicas change."""
+
+from __future__ import annotations
+
+import click
+
+from controlplane.client import Client
+
+from .common import call, ref
+from .config import connection_options
+from .run import DEFAULT_TIMEOUT
+from .wait import wait_for_units
+
+
+@click.command("scale")
+@click.argument("name")
+@click.option("--replicas", type=click.IntRange(min=0), required=True, help="the new number of copies")
+@click.option("--wait/--no-wait", default=False, show_default=True, help="wait until every instance is ready")
+@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True)
+@connection_options
+def scale_command(name: str, replicas: int, wait: bool, timeout: float) -> None:
+    """Set the number of copies of unit NAME."""
+
+    async def go(api: Client) -> None:
+        await api.put_scale(name, replicas)
+        click.echo(f"{ref('units', name)} scaled to {replicas}")
+        if wait:
+            await wait_for_units(api, [name], timeout=timeout)
+
+    call(go)
