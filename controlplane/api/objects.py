@@ -15,7 +15,7 @@ from controlplane.api.auth import authorize
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
 from controlplane.api.state import REGISTRY, user_of
 from controlplane.api.watch import serve_watch
-from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
 from controlplane.registry import HAS_STATUS, RESOURCES
 from controlplane.schemas import load_object, load_status
 
@@ -69,6 +69,11 @@ def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
     if body.get("kind") not in (None, kind):
         raise BadRequest(f"the body is a {body.get('kind')!r}, this endpoint takes {kind}")
     meta = body.get("metadata")
+    if "metadata" in body and not isinstance(meta, dict):
+        raise Invalid(
+            f"{kind} is invalid: metadata: must be an object", kind=kind, name=name,
+            causes=[Cause("metadata", "must be an object")],
+        )
     if name is not None and isinstance(meta, dict) and meta.get("name") not in (None, name):
         raise BadRequest(f"metadata.name {meta.get('name')!r} does not match the URL's name {name!r}")
 
@@ -119,6 +124,8 @@ async def patch_object(request: web.Request) -> web.Response:
     if not isinstance(patch, dict):
         raise BadRequest("a merge patch must be a JSON object")
     registry = request.app[REGISTRY]
+    # a resourceVersion in the patch is a precondition (409 when stale), as in Kubernetes
+    wanted_rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch.get("metadata"), dict) else None
     for attempt in range(5):
         current = registry.get(resource, name)
         merged = merge_patch(current, patch)
@@ -127,10 +134,12 @@ async def patch_object(request: web.Request) -> web.Response:
         obj = load_object(kind, merged)
         try:
             return json_response(
-                await registry.replace(resource, name, obj, expected_rv=current["metadata"]["resourceVersion"])
+                await registry.replace(
+                    resource, name, obj, expected_rv=str(wanted_rv) if wanted_rv else current["metadata"]["resourceVersion"]
+                )
             )
         except Conflict:
-            if (patch.get("metadata") or {}).get("resourceVersion") or attempt == 4:
+            if wanted_rv or attempt == 4:
                 raise
     raise AssertionError("unreachable")
 
@@ -191,8 +200,6 @@ async def put_scale(request: web.Request) -> web.Response:
         raise BadRequest("the body must be a Scale object")
     replicas = (body.get("spec") or {}).get("replicas") if isinstance(body.get("spec"), dict) else None
     if isinstance(replicas, bool) or not isinstance(replicas, int):
-        from controlplane.errors import Cause, Invalid
-
         raise Invalid(
             f'Scale "{name}" is invalid: spec.replicas: must be an integer',
             kind="Scale", name=name, causes=[Cause("spec.replicas", "must be an integer")],

@@ -117,3 +117,7 @@ def main(
     except CPError as err:
         click.echo(f"cp-apiserver: {err.message}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ METRICS = web.AppKey("metrics", ApiMetrics)
 TOKENS = web.AppKey("tokens", TokenTable)
 CONFIG = web.AppKey("config", dict)
 SERVICES = web.AppKey("services", dict)  # leader election, lease keeper etc.: name -> object
-USER_KEY = "cp_user"
+USER_KEY = web.RequestKey("cp_user", User)
 
 
 def user_of(request: web.Request) -> User:

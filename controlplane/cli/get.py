@@ -10,7 +10,7 @@ import click
 from controlplane.client import Client
 from controlplane.errors import Gone
 
-from .common import KINDS, call, ref, resolve_kind
+from .common import call, ref, resolve_kind
 from .config import connection_options
 from .printers import OUTPUTS, render, table
 
@@ -100,5 +100,3 @@ def get_command(
 
     call(go)
 
-
-__all__ = ["KINDS", "get_command", "kind_argument"]

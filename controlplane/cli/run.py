@@ -16,7 +16,7 @@ import click
 
 from controlplane.client import Client
 
-from .common import CLIError, call, ref
+from .common import call, ref
 from .config import connection_options
 from .wait import wait_for_units
 
@@ -232,5 +232,3 @@ def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float,
 
     call(go)
 
-
-__all__ = ["CLIError", "build_unit", "run_command"]

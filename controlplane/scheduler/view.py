@@ -168,6 +168,7 @@ class ClusterState:
         self.machines_of: dict[str, Counter[str]] = {}
         # unit -> {k: number of machines running exactly k of its instances}, k >= 1
         self.unit_levels: dict[str, Counter[int]] = {}
+        self.schedulable_hosts: Counter[str] = Counter()  # unit -> Ready, schedulable machines running it
         self.instances_of: dict[str, set[str]] = {}
         # Ready and schedulable machines, by score (see scores.machine_order_key): all of them,
         # and per (label key, value), so a unit asking for role=db walks only role=db machines
@@ -228,16 +229,20 @@ class ClusterState:
             used_memory=self.used_memory.get(name, 0.0),
         )
 
-    def _unorder(self, name: str) -> None:
+    def _unorder(self, name: str, *, rekey: bool = False) -> None:
         old = self._keys.pop(name, None)
         if old is not None:
             self.order.remove(old)
             for item in self.machines[name].labels.items():
                 self.label_order[item].remove(old)
+            if not rekey:
+                for unit in self.units_on.get(name, ()):
+                    self.schedulable_hosts[unit] -= 1
 
-    def _reorder(self, name: str) -> None:
-        """Re-key machine ``name`` in the score orders (1 + its label count SortedKeys updates)."""
-        self._unorder(name)
+    def _reorder(self, name: str, *, rekey: bool = False) -> None:
+        """(Re-)key machine ``name`` in the score orders (1 + its label count SortedKeys updates).
+        ``rekey``: the machine stays in the orders (a binding changed), only its key moves."""
+        self._unorder(name, rekey=rekey)
         if self.schedulable(name):
             key = self.key_of(name)
             self._keys[name] = key
@@ -247,6 +252,9 @@ class ClusterState:
                 if order is None:
                     order = self.label_order[item] = SortedKeys()
                 order.add(key)
+            if not rekey:
+                for unit in self.units_on.get(name, ()):
+                    self.schedulable_hosts[unit] += 1
 
     def ordered_machines(self) -> Iterator[str]:
         """Ready, schedulable machines, best score first. Do not mutate while iterating."""
@@ -411,15 +419,16 @@ class ClusterState:
                     if ports[hp] <= 0:
                         del ports[hp]
         if m in self._keys:
-            self._reorder(m)
+            if not before or not before + sign:  # the unit arrived on or left a schedulable machine
+                self.schedulable_hosts[inst.unit] += 1 if before == 0 else -1
+            self._reorder(m, rekey=True)
 
     def _unaccount(self, inst: InstanceView) -> None:
         self._account(inst, -1)
 
     def schedulable_hosts_of(self, unit: str) -> int:
         """How many Ready, schedulable machines run at least one instance of ``unit``."""
-        on = self.machines_of.get(unit)
-        return len(on.keys() & self._keys.keys()) if on else 0
+        return self.schedulable_hosts[unit]
 
     def unit_count_on(self, unit: str, machine: str) -> int:
         on = self.units_on.get(machine)

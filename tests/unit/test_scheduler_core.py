@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -265,3 +266,58 @@ def test_fast_path_matches_a_full_scan(seed: int) -> None:
         assert placed.machine == full.machine, name
         if placed.machine is None:
             assert placed.message == full.message
+
+
+def _check_indexes(s: Scheduler) -> None:
+    """Every incremental index equals a recomputation from the instances."""
+    state = s.state
+    fresh = Scheduler.from_dicts([], [], []).state
+    for m in state.machines.values():
+        fresh.upsert_machine(m)
+    for u in state.units.values():
+        fresh.upsert_unit(u)
+    for i in state.instances.values():
+        fresh.upsert_instance(i)
+    nonzero = {k: v for k, v in state.count.items() if v}
+    assert nonzero == {k: v for k, v in fresh.count.items() if v}
+    assert {k: dict(v) for k, v in state.units_on.items() if v} == {k: dict(v) for k, v in fresh.units_on.items() if v}
+    assert {k: dict(v) for k, v in state.unit_levels.items() if v} == {
+        k: dict(v) for k, v in fresh.unit_levels.items() if v
+    }
+    assert +state.schedulable_hosts == +fresh.schedulable_hosts
+    assert list(state.order) == list(fresh.order)
+    for item, order in state.label_order.items():
+        assert list(order) == list(fresh.label_order.get(item, []))
+    for m in state.machines:
+        assert abs(state.used_cpu.get(m, 0.0) - fresh.used_cpu.get(m, 0.0)) < 1e-9
+        assert +state.ports_on.get(m, Counter()) == +fresh.ports_on.get(m, Counter())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_incremental_indexes_match_a_rebuild(seed: int) -> None:
+    rng = random.Random(seed)
+    machines, units, instances = _random_cluster(seed)
+    s = Scheduler.from_dicts(machines, units, instances)
+    names = s.pending()
+    for step in range(300):
+        op = rng.random()
+        if op < 0.5 and names:
+            s.place(rng.choice(names))
+        elif op < 0.65 and names:
+            s.unbind(rng.choice(names))
+        elif op < 0.8 and machines:
+            m = dict(rng.choice(machines))
+            m["spec"] = {"unschedulable": rng.random() < 0.3}
+            m["status"] = {**m["status"], "state": rng.choice(["Ready", "Ready", "NotReady"])}
+            s.add_machine(m)
+        elif op < 0.85 and machines:
+            s.remove_machine(rng.choice(machines)["metadata"]["name"])
+        elif op < 0.95 and units:
+            u = rng.choice(units)
+            s.add_unit({**u, "spec": {**u["spec"], "resources": {"cpu": rng.choice([0, 0.5, 1])}}})
+        elif names:
+            s.remove_instance(name := rng.choice(names))
+            names.remove(name)
+        if step % 25 == 0:
+            _check_indexes(s)
+    _check_indexes(s)
