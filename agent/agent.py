@@ -212,7 +212,7 @@ class Agent:
             self.heartbeat_loop, self.watch_loop, self.sync_loop, self.docker_events_loop, self.prober_loop,
             *self.extra_tasks,
         ]
-        tasks = [asyncio.create_task(loop(), name=loop.__name__) for loop in loops]
+        tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(loop()) for loop in loops]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

@@ -67,7 +67,10 @@ def units(count: int, rng: random.Random) -> list[dict[str, Any]]:
 
 def pending(unit_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        {"metadata": {"name": f"{u['metadata']['name']}-{i}"}, "spec": {"unit": u["metadata"]["name"], "index": i}}
+        {
+            "metadata": {"name": f"{u['metadata']['name']}-{i}"},
+            "spec": {"unit": u["metadata"]["name"], "index": i},
+        }
         for u in unit_list
         for i in range(u["spec"]["replicas"])
     ]
@@ -102,7 +105,10 @@ def unplaceable(n_machines: int, copies: int) -> float:
     """Microseconds per placement for ``copies`` pending instances of a unit no machine takes."""
     rng = random.Random(2)
     ms = machines(n_machines, rng)
-    unit = {"metadata": {"name": "nowhere"}, "spec": {"replicas": copies, "placement": {"machineMetadata": {"role": ["gpu"]}}}}
+    unit = {
+        "metadata": {"name": "nowhere"},
+        "spec": {"replicas": copies, "placement": {"machineMetadata": {"role": ["gpu"]}}},
+    }
     scheduler = Scheduler.from_dicts(ms, [unit], pending([unit]))
     t0 = time.perf_counter()
     for name in scheduler.pending():
@@ -115,7 +121,10 @@ def worst_cases(n_machines: int) -> list[tuple[str, float]]:
     rows = []
     rng = random.Random(3)
     ms = machines(n_machines, rng)
-    unit = {"metadata": {"name": "many"}, "spec": {"replicas": 2 * n_machines, "placement": {"spread": "preferred"}}}
+    unit = {
+        "metadata": {"name": "many"},
+        "spec": {"replicas": 2 * n_machines, "placement": {"spread": "preferred"}},
+    }
     scheduler = Scheduler.from_dicts(ms, [unit], pending([unit]))
     names = scheduler.pending()
     for name in names[:n_machines]:
@@ -125,8 +134,10 @@ def worst_cases(n_machines: int) -> list[tuple[str, float]]:
     for name in sample:
         scheduler.place(name)
     rows.append(
-        (f"spread preferred, 2nd round ({n_machines:,} already placed, every machine runs one)",
-         (time.perf_counter() - t0) / len(sample) * 1e6)
+        (
+            f"spread preferred, 2nd round ({n_machines:,} already placed, every machine runs one)",
+            (time.perf_counter() - t0) / len(sample) * 1e6,
+        )
     )
     half = n_machines // 2
     for i, m in enumerate(ms):
@@ -144,8 +155,10 @@ def worst_cases(n_machines: int) -> list[tuple[str, float]]:
     for name in sample:
         scheduler.place(name)
     rows.append(
-        (f"cpu-bound, half the machines small and full ({half:,} full machines rank first)",
-         (time.perf_counter() - t0) / len(sample) * 1e6)
+        (
+            f"cpu-bound, half the machines small and full ({half:,} full machines rank first)",
+            (time.perf_counter() - t0) / len(sample) * 1e6,
+        )
     )
     return rows
 
@@ -159,10 +172,14 @@ def main() -> None:
     big = run(args.machines, args.instances)
     print(f"scheduler alone: {big['machines']:,} machines, {big['instances']:,} instances")
     print(f"  load dicts into the state: {big['load_s']:.2f} s")
-    print(f"  placed {big['placed']:,} in {big['place_s']:.2f} s: {big['per_s']:,.0f} instances/s "
-          f"({big['us_per']:.1f} us per placement)")
-    print(f"  unplaceable unit, 2,000 pending copies at {args.machines:,} machines: "
-          f"{unplaceable(args.machines, 2000):.1f} us per placement (one full scan, then cached)")
+    print(
+        f"  placed {big['placed']:,} in {big['place_s']:.2f} s: {big['per_s']:,.0f} instances/s "
+        f"({big['us_per']:.1f} us per placement)"
+    )
+    print(
+        f"  unplaceable unit, 2,000 pending copies at {args.machines:,} machines: "
+        f"{unplaceable(args.machines, 2000):.1f} us per placement (one full scan, then cached)"
+    )
     print()
     print(f"cost per placement vs machines ({DENSITY} instances per machine at every size)")
     sizes = [500, 1000, 2000, args.machines] if args.machines > 2000 else [500, 1000, 2000]
@@ -178,7 +195,9 @@ def main() -> None:
             f"  {n:>8,.0f} {row['instances']:>9,.0f} {row['us_per']:>12.1f} {row['us_per'] / base:>7.2f} "
             f"{math.log2(n) / math.log2(sizes[0]):>11.2f}"
         )
-    print("  (vs 500: cost relative to 500 machines; log2 growth: log2(n)/log2(500), what O(log n) would give)")
+    print(
+        "  (vs 500: cost relative to 500 machines; log2 growth: log2(n)/log2(500), what O(log n) would give)"
+    )
     print()
     print(f"known limits, {args.machines:,} machines (2,000 placements measured each)")
     for label, us in worst_cases(args.machines):

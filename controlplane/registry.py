@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+JsonList = list[dict[str, Any]]
+
 from controlplane.errors import AlreadyExists, BadRequest, Conflict, NotFound
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
@@ -117,14 +119,14 @@ class Registry:
         field_selector: str | None = None,
         limit: int = 0,
         continue_token: str | None = None,
-    ) -> tuple[list[dict[str, Any]], int, str]:
+    ) -> tuple[JsonList, int, str]:
         """Matching objects in name order, the cache revision, and a continue token when truncated."""
         cache = self.caches[resource]
         by_label = parse_label_selector(label_selector)
         by_field = parse_field_selector(field_selector)
         after = decode_continue(continue_token) if continue_token else None
         revision = cache.revision
-        items: list[dict[str, Any]] = []
+        items: JsonList = []
         next_token = ""
         for name in sorted(cache.objects):
             if after is not None and name <= after:
@@ -138,7 +140,7 @@ class Registry:
             items.append(obj)
         return copy.deepcopy(items), revision, next_token
 
-    def objects(self, resource: str) -> list[dict[str, Any]]:
+    def objects(self, resource: str) -> JsonList:
         """Every object of a resource, shared (not copied): for controllers that only read."""
         return list(self.caches[resource].objects.values())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -132,7 +132,7 @@ def make_app(
     *,
     tokens: TokenTable | None,
     config: dict[str, Any] | None = None,
-    extra_contexts: list[Callable[[web.Application], AsyncIterator[None]]] | None = None,
+    extra_contexts: Sequence[Callable[[web.Application], AsyncIterator[None]]] = (),
 ) -> web.Application:
     """The API application over ``store``. ``tokens`` None means --insecure-no-auth."""
     app = web.Application(middlewares=[status_middleware, auth_middleware], client_max_size=MAX_BODY)
@@ -153,7 +153,7 @@ def make_app(
         await registry.stop()
 
     app.cleanup_ctx.append(registry_ctx)
-    for ctx in extra_contexts or []:
+    for ctx in extra_contexts:
         app.cleanup_ctx.append(ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -54,6 +54,8 @@ async def read_json(request: web.Request, *, accept: tuple[str, ...] = JSON_TYPE
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise BadRequest(f"request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from err
+    except RecursionError as err:
+        raise BadRequest("request body is nested too deeply") from err
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

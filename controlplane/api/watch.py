@@ -77,8 +77,8 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
                 await response.write(_bookmark(kind, cache.revision))
                 continue
             if event is None:
-                err = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
-                await response.write(_line("ERROR", err.to_status()))
+                gone = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
+                await response.write(_line("ERROR", gone.to_status()))
                 break
             chunk = [event.line()]
             while not sub.queue.empty() and len(chunk) < 256:

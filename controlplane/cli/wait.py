@@ -186,7 +186,7 @@ async def wait_for_units(api: Client, names: list[str], *, timeout: float, displ
         display.close()
     undone = [p for p in progress if not p.done]
     raise WaitTimeout(
-        f"timed out after {timeout:g}s waiting for " + ", ".join(p.summary() for p in undone),
+        f"timed out after {timeout:g}s waiting for " + ", ".join(ref("units", p.name) for p in undone),
         details=timeout_details(progress),
     )
 

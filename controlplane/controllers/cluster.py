@@ -143,12 +143,12 @@ def plan_cluster(
         if unit is None:
             plan.deletes.append((_name(inst), f"unit {spec.get('unit')} no longer exists"))
             continue
-        machine = spec.get("machine") or ""
-        if machine and machine not in ready and not unit["spec"].get("global"):
-            why = "is gone" if machine not in known else "is NotReady"
-            plan.unbinds.append(Unbind(_name(inst), machine, f"machine {machine} {why}"))
+        bound = str(spec.get("machine") or "")
+        if bound and bound not in ready and not unit["spec"].get("global"):
+            why = "is gone" if bound not in known else "is NotReady"
+            plan.unbinds.append(Unbind(_name(inst), bound, f"machine {bound} {why}"))
             plan.events.append(EventNote("Instance", _name(inst), "Warning", "Rescheduled",
-                                         f"machine {machine} {why}; placing {_name(inst)} elsewhere"))
+                                         f"machine {bound} {why}; placing {_name(inst)} elsewhere"))
             spec["machine"] = ""
             inst["status"] = {**(inst.get("status") or {}), "phase": "Pending", "ready": False}
         work[_name(inst)] = inst

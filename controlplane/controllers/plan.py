@@ -149,7 +149,13 @@ def _plan_global(
         if m not in covered:
             index = next(free)
             creates.append(
-                Action("create", instance_name(unit.name, index), index, f"global: machine {m} has no instance", m)
+                Action(
+                    "create",
+                    instance_name(unit.name, index),
+                    index,
+                    f"global: machine {m} has no instance",
+                    m,
+                )
             )
     return deletes, creates
 
@@ -173,6 +179,11 @@ def _plan_rollout(unit: UnitView, kept: list[InstanceView], *, starting: int) ->
     if down == 0:
         first_up = next(i for i in old if is_up(i))  # every old one is up when nothing is down
         replaces.append(
-            Action("replace", first_up.name, first_up.index, f"generation {first_up.generation} -> {unit.generation}")
+            Action(
+                "replace",
+                first_up.name,
+                first_up.index,
+                f"generation {first_up.generation} -> {unit.generation}",
+            )
         )
     return sorted(replaces, key=lambda a: a.index)

@@ -58,6 +58,7 @@ FILTER_CHAIN: tuple[f.Filter, ...] = (
     f.Conflicts(),
 )
 
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     instance: str
@@ -80,7 +81,9 @@ class Scheduler:
     """A ``ClusterState`` plus placement. ``place`` binds in the state by default, so the next
     placement sees it; if writing the binding fails, call ``unbind``."""
 
-    def __init__(self, state: ClusterState | None = None, *, chain: Sequence[f.Filter] = FILTER_CHAIN) -> None:
+    def __init__(
+        self, state: ClusterState | None = None, *, chain: Sequence[f.Filter] = FILTER_CHAIN
+    ) -> None:
         self.state = state if state is not None else ClusterState()
         self._chain = tuple(chain)
         self._chains: dict[str, tuple[f.Filter, ...]] = {}
@@ -218,6 +221,7 @@ class Scheduler:
         if unit.machine_of:
             yield from self._by_score(unit, state.machines_of.get(unit.machine_of, ()))
             return
+
         def ordered() -> Iterator[str]:
             if unit.machine_metadata:
                 return state.ordered_with_labels(unit.machine_metadata)

@@ -136,7 +136,10 @@ class Resources(Filter):
         name = machine.name
         if unit.cpu and state.used_cpu.get(name, 0.0) + unit.cpu > machine.cpu + _EPSILON:
             return CPU_TEXT
-        if unit.memory_mb and state.used_memory.get(name, 0.0) + unit.memory_mb > machine.memory_mb + _EPSILON:
+        if (
+            unit.memory_mb
+            and state.used_memory.get(name, 0.0) + unit.memory_mb > machine.memory_mb + _EPSILON
+        ):
             return MEMORY_TEXT
         return None
 

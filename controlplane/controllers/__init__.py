@@ -1,0 +1,1 @@
+"""Leader-only loops: election, presence, the reconcile pass and its planning."""
