@@ -86,12 +86,20 @@ def new_instance(unit: Mapping[str, Any], name: str, index: int, machine: str = 
             "machine": machine,
             "epoch": 1 if machine else 0,
             "generation": int(unit["metadata"].get("generation", 1)),
-            "template": copy.deepcopy(spec),
+            "template": template_of(copy.deepcopy(spec)),
         },
         "status": {"phase": "Pending", "ready": False, "reason": "", "message": "", "containerID": "",
                    "address": "", "hostPorts": [], "restarts": 0, "exitCode": None, "startedAt": "",
                    "machine": "", "epoch": 0, "reasons": {}},
     }
+
+
+# spec fields whose change does not touch a running instance (scaling is not a rollout)
+NOT_TEMPLATE = ("replicas",)
+
+
+def template_of(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in NOT_TEMPLATE}
 
 
 def endpoints_for(unit: Mapping[str, Any], instances: Iterable[Mapping[str, Any]],
@@ -143,6 +151,11 @@ def plan_cluster(
         if unit is None:
             plan.deletes.append((_name(inst), f"unit {spec.get('unit')} no longer exists"))
             continue
+        generation = int(unit["metadata"].get("generation", 1))
+        if int(spec.get("generation") or 0) < generation and template_of(spec.get("template") or {}) == template_of(
+            unit.get("spec") or {}
+        ):
+            spec["generation"] = generation  # only replicas changed: nothing to roll
         bound = str(spec.get("machine") or "")
         if bound and bound not in ready and not unit["spec"].get("global"):
             why = "is gone" if bound not in known else "is NotReady"
