@@ -24,13 +24,14 @@ from typing import Any
 from agent.executor import Executor
 from agent.health import Prober
 from agent.reconcile import DesiredInstance
-from agent.runtime.base import Runtime, RuntimeFailure
+from agent.runtime.base import HostKeyRefused, Runtime, RuntimeFailure
 from controlplane import __version__
 from controlplane.client import Client
 from controlplane.errors import Conflict, CPError, Gone, NotFound
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
+WATCH_SILENCE_SECONDS = 30.0  # the API sends a BOOKMARK every 5 s
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Agent:
         self.instances: dict[str, dict[str, Any]] = {}
         self.reported: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
+        self.relist = asyncio.Event()
+        self.listed = asyncio.Event()  # set once the instances bound here have been listed
         self.ttl = 5.0
         self.last_contact = clock()
         self.fenced = False
@@ -90,6 +93,13 @@ class Agent:
                 self.last_contact = self.clock()
                 self.registered.set()
                 if self.fenced:
+                    # What was bound here may have moved while we were cut off, and the watch may be
+                    # a dead connection: re-list before running anything again, then restart the watch.
+                    items, _ = await asyncio.wait_for(
+                        self.client.list_all("instances", field_selector=f"spec.machine={self.config.machine}"),
+                        timeout=max(self.ttl / 3, 0.5))
+                    self.instances = {i["metadata"]["name"]: i for i in items}
+                    self.relist.set()
                     log.warning("reached the API again: unfencing")
                     self.fenced = False
                     self.wake.set()
@@ -105,14 +115,42 @@ class Agent:
 
     # ---- instances bound here ----
     async def watch_loop(self) -> None:
+        """List+watch, started afresh whenever `relist` is set (after unfencing)."""
+        while True:
+            self.relist.clear()
+            watch = asyncio.create_task(self._list_and_watch())
+            relist = asyncio.create_task(self.relist.wait())
+            try:
+                await asyncio.wait({watch, relist}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (watch, relist):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if watch.done() and not watch.cancelled():
+                watch.result()
+
+    async def _list_and_watch(self) -> None:
         selector = f"spec.machine={self.config.machine}"
         while True:
             try:
                 items, rv = await self.client.list_all("instances", field_selector=selector)
                 self.instances = {i["metadata"]["name"]: i for i in items}
+                self.listed.set()
                 self.wake.set()
-                async for event in self.client.watch("instances", resource_version=rv, field_selector=selector,
-                                                     timeout_seconds=300):
+                events = self.client.watch("instances", resource_version=rv, field_selector=selector,
+                                           timeout_seconds=300).__aiter__()
+                while True:
+                    # the server sends a BOOKMARK every few seconds: silence means a dead connection
+                    try:
+                        event = await asyncio.wait_for(events.__anext__(), timeout=WATCH_SILENCE_SECONDS)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        log.warning("instance watch silent for %.0fs; re-listing", WATCH_SILENCE_SECONDS)
+                        with contextlib.suppress(Exception):
+                            await events.aclose()
+                        break
                     obj = event.get("object") or {}
                     rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
                     if event["type"] == "BOOKMARK":
@@ -145,6 +183,9 @@ class Agent:
         return self.desired_hook(result, self.instances)
 
     async def sync_loop(self) -> None:
+        # Never plan against an empty instance table that merely has not been listed yet: that
+        # would remove every container a restarted agent should adopt.
+        await self.listed.wait()
         while True:
             self.wake.clear()
             requeue: float | None = None
@@ -153,6 +194,8 @@ class Agent:
                 requeue = result.requeue_after
                 await self.report(result.statuses)
                 self.synced_once.set()
+            except HostKeyRefused:
+                raise  # a host key that changed under us is an attack until shown otherwise: stop
             except RuntimeFailure as err:
                 log.warning("container runtime unavailable: %s", err)
                 requeue = 1.0

@@ -149,6 +149,13 @@ class ProbeTarget:
     port: int  # the port to connect to on `host`
 
 
+# Until a new container first passes, it is probed every STARTUP_PERIOD (for at most
+# STARTUP_WINDOW seconds) rather than every periodSeconds: a probe that fires a few ms before the
+# server listens would otherwise hold a ready instance back a whole period (2 s by default).
+STARTUP_PERIOD = 0.2
+STARTUP_WINDOW = 10.0
+
+
 class Prober:
     """Runs each target's probe every `period` and keeps its `ProbeState`.
 
@@ -161,6 +168,7 @@ class Prober:
         self.targets: dict[str, ProbeTarget] = {}
         self.states: dict[str, ProbeState] = {}
         self._due: dict[str, float] = {}
+        self._added: dict[str, float] = {}
         self._changed = asyncio.Event()
 
     def update(self, targets: Mapping[str, ProbeTarget]) -> None:
@@ -170,11 +178,12 @@ class Prober:
                 self.targets.pop(name)
                 self.states.pop(name, None)
                 self._due.pop(name, None)
+                self._added.pop(name, None)
         for name, target in targets.items():
             old = self.targets.get(name)
             if old is None or (old.container_id, old.started_at) != (target.container_id, target.started_at):
                 self.states[name] = ProbeState()
-                self._due[name] = self.clock()
+                self._due[name] = self._added[name] = self.clock()
             self.targets[name] = target
         self._changed.set()
 
@@ -202,7 +211,10 @@ class Prober:
             before = self.states.get(name, ProbeState())
             after = before.record(result, failure_threshold=target.spec.failure_threshold)
             self.states[name] = after
-            self._due[name] = now + target.spec.period
+            period = target.spec.period
+            if not after.ever_ready and now - self._added.get(name, now) < STARTUP_WINDOW:
+                period = min(period, STARTUP_PERIOD)
+            self._due[name] = now + period
             if before.ready != after.ready:
                 changed.append(name)
                 log.info("instance %s is %s: %s", name, "ready" if after.ready else "not ready", result.message)

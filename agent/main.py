@@ -20,7 +20,7 @@ from aiohttp import web
 
 from agent.agent import Agent, AgentConfig
 from agent.logserver import make_log_app
-from agent.runtime.base import Runtime
+from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
 from controlplane.client import Client
 
 log = logging.getLogger("cp-agent")
@@ -62,6 +62,15 @@ def make_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | None) -
 async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
                     known_hosts: str | None, ssh_key: str | None) -> None:
     runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
+    connect = getattr(runtime, "connect", None)
+    if connect is not None:  # ssh://: a refused host key is fatal and said at once, not retried in a loop
+        try:
+            await connect()
+        except HostKeyRefused:
+            await runtime.close()
+            raise
+        except RuntimeUnavailable as err:
+            log.warning("container runtime not reachable yet (will retry): %s", err)
     client = Client(server, token=token, ca=ca, timeout=5.0)
     agent = Agent(client, runtime, config)
     from agent.proxy.manager import ProxyManager

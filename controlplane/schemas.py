@@ -390,7 +390,7 @@ def _fix_global(obj: dict[str, Any]) -> None:
 def _invalid(kind: str, name: str, err: ValidationError, prefix: str = "") -> Invalid:
     causes = flatten_errors(err.messages, prefix)
     summary = "; ".join(f"{c.field}: {c.message}" for c in causes[:5])
-    return Invalid(f"{kind} {name!r} is invalid: {summary}", kind=kind, name=name, causes=causes)
+    return Invalid(f'{kind} "{name}" is invalid: {summary}', kind=kind, name=name, causes=causes)
 
 
 def load_object(kind: str, body: Any) -> dict[str, Any]:

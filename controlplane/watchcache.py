@@ -36,7 +36,31 @@ class CacheEvent:
     revision: int
     type: str  # ADDED, MODIFIED, DELETED
     object: dict[str, Any]
+    previous: dict[str, Any] | None = None  # the object before a MODIFIED
     _line: bytes | None = None
+    _variants: dict[str, CacheEvent] | None = None
+
+    def as_type(self, type_: str) -> CacheEvent:
+        """The same change seen through a selector: ADDED when the object starts matching,
+        DELETED when it stops (Kubernetes does the same), each encoded once."""
+        if type_ == self.type:
+            return self
+        if self._variants is None:
+            self._variants = {}
+        variant = self._variants.get(type_)
+        if variant is None:
+            variant = self._variants[type_] = CacheEvent(self.revision, type_, self.object)
+        return variant
+
+    def seen_by(self, matches: Callable[[dict[str, Any]], bool]) -> CacheEvent | None:
+        """What a watcher with this selector should receive, if anything."""
+        now = matches(self.object)
+        before = self.previous is not None and matches(self.previous)
+        if self.type != "MODIFIED":
+            return self if now else None
+        if now:
+            return self if before else self.as_type("ADDED")
+        return self.as_type("DELETED") if before else None
 
     def line(self) -> bytes:
         """The NDJSON line for this event, encoded once and shared by every watcher."""
@@ -135,9 +159,11 @@ class WatchCache:
     async def _apply(self, kind: str, kv: KV) -> None:
         name = kv.key[len(self.prefix):]
         self._encoded.pop(name, None)
+        before: dict[str, Any] | None = None
         if kind == "PUT":
             obj = decode(kv)
-            type_ = "MODIFIED" if name in self.objects else "ADDED"
+            before = self.objects.get(name)
+            type_ = "MODIFIED" if before is not None else "ADDED"
             self.objects[name] = obj
         else:
             previous = self.objects.pop(name, None)
@@ -148,7 +174,7 @@ class WatchCache:
             obj = dict(previous)
             obj["metadata"] = dict(previous.get("metadata") or {}, resourceVersion=str(kv.mod_revision))
             type_ = "DELETED"
-        event = CacheEvent(kv.mod_revision, type_, obj)
+        event = CacheEvent(kv.mod_revision, type_, obj, before)
         if len(self.events) == self.events.maxlen and self.events:
             self.oldest_revision = self.events[0].revision
         self.events.append(event)
@@ -156,9 +182,10 @@ class WatchCache:
         for listener in self.listeners:
             listener(event)
         for sub in list(self.subscribers):
-            if sub.matches(obj):
+            seen = event.seen_by(sub.matches)
+            if seen is not None:
                 try:
-                    sub.queue.put_nowait(event)
+                    sub.queue.put_nowait(seen)
                 except asyncio.QueueFull:
                     sub.closed_reason = "watcher too slow"
                     self.subscribers.discard(sub)
@@ -211,7 +238,8 @@ class WatchCache:
                 raise Gone(
                     f"too old resource version: {from_revision} ({self.oldest_revision})", kind=self.resource
                 )
-            replay = [e for e in self.events if e.revision > from_revision and matches(e.object)]
+            replay = [seen for e in self.events if e.revision > from_revision
+                      and (seen := e.seen_by(matches)) is not None]
         sub = Subscription(asyncio.Queue(maxsize=self.queue_size), matches, cache=self)
         self.subscribers.add(sub)
         return sub, replay

@@ -131,12 +131,14 @@ def plan_cluster(
 ) -> ClusterPlan:
     """Everything the leader should write to converge, given one consistent-enough snapshot."""
     plan = ClusterPlan()
-    machines = [copy.deepcopy(m) for m in machines]
-    for machine in machines:
-        status = machine.setdefault("status", {})
+    # Copy on write: the snapshot is shared with the watch caches and is never modified here.
+    # (Deep-copying every machine and instance was most of a pass's cost at 10,000 instances.)
+    machines = list(machines)
+    for i, machine in enumerate(machines):
+        status = machine.get("status") or {}
         if status.get("state") == "Ready" and _name(machine) not in present:
             plan.machines_not_ready.append(_name(machine))
-            status["state"] = "NotReady"
+            machines[i] = {**machine, "status": {**status, "state": "NotReady"}}
             plan.events.append(EventNote("Machine", _name(machine), "Warning", "NodeNotReady",
                                          f"machine {_name(machine)} stopped heartbeating"))
     ready = {_name(m) for m in machines if (m.get("status") or {}).get("state") == "Ready"}
@@ -145,7 +147,6 @@ def plan_cluster(
     units_by_name = {_name(u): u for u in units}
     work: dict[str, dict[str, Any]] = {}
     for inst in instances:
-        inst = copy.deepcopy(inst)
         spec = inst["spec"]
         unit = units_by_name.get(spec.get("unit", ""))
         if unit is None:
@@ -155,15 +156,16 @@ def plan_cluster(
         if int(spec.get("generation") or 0) < generation and template_of(spec.get("template") or {}) == template_of(
             unit.get("spec") or {}
         ):
-            spec["generation"] = generation  # only replicas changed: nothing to roll
+            inst = {**inst, "spec": {**spec, "generation": generation}}  # only replicas changed: nothing to roll
+            spec = inst["spec"]
         bound = str(spec.get("machine") or "")
         if bound and bound not in ready and not unit["spec"].get("global"):
             why = "is gone" if bound not in known else "is NotReady"
             plan.unbinds.append(Unbind(_name(inst), bound, f"machine {bound} {why}"))
             plan.events.append(EventNote("Instance", _name(inst), "Warning", "Rescheduled",
                                          f"machine {bound} {why}; placing {_name(inst)} elsewhere"))
-            spec["machine"] = ""
-            inst["status"] = {**(inst.get("status") or {}), "phase": "Pending", "ready": False}
+            inst = {**inst, "spec": {**spec, "machine": ""},
+                    "status": {**(inst.get("status") or {}), "phase": "Pending", "ready": False}}
         work[_name(inst)] = inst
 
     # units: create, delete, roll
@@ -203,7 +205,7 @@ def plan_cluster(
                 inst["spec"]["machine"], inst["spec"]["epoch"] = placement.machine, epoch
             else:
                 plan.binds.append(Bind(name, placement.machine, epoch))
-            inst["spec"]["machine"] = placement.machine
+                work[name] = {**inst, "spec": {**inst["spec"], "machine": placement.machine, "epoch": epoch}}
             continue
         for code, count in placement.codes.items():
             plan.pending_reasons[code] = plan.pending_reasons.get(code, 0) + count

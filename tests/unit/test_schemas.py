@@ -181,7 +181,7 @@ def test_one_cause_per_bad_field() -> None:
     ])
     assert details["name"] == "Bad_Name"
     assert all(c["message"] for c in details["causes"])
-    assert "Unit 'Bad_Name' is invalid" in err.value.message
+    assert 'Unit "Bad_Name" is invalid' in err.value.message
 
 
 def test_cause_reasons() -> None:

@@ -1,0 +1,75 @@
+"""Time from `cpctl run NAME --replicas 1 --wait` to Running and ready, against a raw
+`docker run -d` of the same image plus polling until it answers HTTP, side by side in one run.
+
+The cpctl figure is the whole user-visible path: cpctl's own start-up (a Python process), the
+POST, the scheduler, the agent's watch, `docker create/start`, the first health probe, the
+status write, and cpctl's wait seeing it. The baseline is what a user gets from Docker alone.
+Runs alternate (ours, raw, ours, raw ...) so both see the same noise. No asserts.
+
+Usage: /tmp/venv/bin/python bench/bench_run_latency.py [--runs 10] [--delete-between]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+from _cluster import EtcdServer, LocalCluster, answers, summary, wait
+
+
+def raw_docker(address: str, label: str) -> float:
+    start = time.monotonic()
+    cid = subprocess.run(["docker", "run", "-d", "--label", label, "-p", f"{address}::8080", "local/web:latest"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    port = subprocess.run(["docker", "port", cid, "8080/tcp"], capture_output=True, text=True,
+                          check=True).stdout.split()[0].rsplit(":", 1)[1]
+    wait(lambda: answers(f"http://{address}:{port}/"))
+    elapsed = time.monotonic() - start
+    subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
+    return elapsed
+
+
+def ours(c: LocalCluster, name: str) -> float:
+    start = time.monotonic()
+    proc = c.cpctl("run", name, "--image", "local/web:latest", "--replicas", "1", "--port", "8080",
+                   "--health-http", "/", "--timeout", "60")
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return elapsed  # units are deleted at the end: see --delete-between
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--delete-between", action="store_true",
+                        help="delete each unit before the next run (shows the cost of a pending deletion)")
+    args = parser.parse_args()
+    with EtcdServer() as etcd, LocalCluster(etcd.url, f"/bench-run/{uuid.uuid4().hex[:8]}", machines=1,
+                                            machine_ttl=5) as c:
+        label = f"cp.cluster={c.cluster}"
+        cli = [time.monotonic()]
+        subprocess.run([sys.executable, "-m", "controlplane.cli.main", "version"], capture_output=True,
+                       env=c.api.env())
+        cli_start = time.monotonic() - cli[0]
+        ours(c, "warmup")
+        raw_docker(c.address("m1"), label)
+        mine, raw = [], []
+        for i in range(args.runs):
+            mine.append(ours(c, f"lat{i}"))
+            if args.delete_between:
+                c.cpctl("delete", "unit", f"lat{i}")
+                time.sleep(1.0)
+            raw.append(raw_docker(c.address("m1"), label))
+        print(f"cpctl run --wait -> Running+ready : {summary(mine)}")
+        print(f"docker run -d + HTTP answers      : {summary(raw)}")
+        print(f"(cpctl's own start-up, `cpctl version`: {cli_start:.3f}s)")
+        print(f"ratio of medians: {statistics.median(mine) / statistics.median(raw):.2f}x (goal <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
