@@ -148,8 +148,10 @@ class Agent:
                         break
                     except TimeoutError:
                         log.warning("instance watch silent for %.0fs; re-listing", WATCH_SILENCE_SECONDS)
-                        with contextlib.suppress(Exception):
-                            await events.aclose()
+                        aclose = getattr(events, "aclose", None)
+                        if aclose is not None:
+                            with contextlib.suppress(Exception):
+                                await aclose()
                         break
                     obj = event.get("object") or {}
                     rv = (obj.get("metadata") or {}).get("resourceVersion", rv)

@@ -33,13 +33,25 @@ def raw_docker(address: str, label: str) -> float:
     return elapsed
 
 
-def ours(c: LocalCluster, name: str) -> float:
+def ours(c: LocalCluster, name: str, seen: list[float]) -> float:
+    """cpctl's wall time; `seen` gets when the API first showed the instance Running+ready
+    (polled every 20 ms beside it), which leaves out cpctl's own 0.5 s wait polling."""
     start = time.monotonic()
-    proc = c.cpctl("run", name, "--image", "local/web:latest", "--replicas", "1", "--port", "8080",
-                   "--health-http", "/", "--timeout", "60")
+    proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli.main", "run", name, "--image",
+                             "local/web:latest", "--replicas", "1", "--port", "8080", "--health-http", "/",
+                             "--timeout", "60"], env=c.api.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+    def ready() -> bool:
+        items = c.instances(name)
+        return bool(items) and items[0]["status"].get("phase") == "Running" and bool(items[0]["status"].get("ready"))
+
+    wait(ready, timeout=60)
+    seen.append(time.monotonic() - start)
+    _, err = proc.communicate(timeout=60)
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr)
+        raise RuntimeError(err)
     return elapsed  # units are deleted at the end: see --delete-between
 
 
@@ -56,19 +68,21 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "controlplane.cli.main", "version"], capture_output=True,
                        env=c.api.env())
         cli_start = time.monotonic() - cli[0]
-        ours(c, "warmup")
+        ours(c, "warmup", [])
         raw_docker(c.address("m1"), label)
-        mine, raw = [], []
+        mine, raw, seen = [], [], []
         for i in range(args.runs):
-            mine.append(ours(c, f"lat{i}"))
+            mine.append(ours(c, f"lat{i}", seen))
             if args.delete_between:
                 c.cpctl("delete", "unit", f"lat{i}")
                 time.sleep(1.0)
             raw.append(raw_docker(c.address("m1"), label))
         print(f"cpctl run --wait -> Running+ready : {summary(mine)}")
+        print(f"  of which API shows Running+ready: {summary(seen)}")
         print(f"docker run -d + HTTP answers      : {summary(raw)}")
         print(f"(cpctl's own start-up, `cpctl version`: {cli_start:.3f}s)")
-        print(f"ratio of medians: {statistics.median(mine) / statistics.median(raw):.2f}x (goal <= 1.5x)")
+        print(f"ratio of medians: {statistics.median(mine) / statistics.median(raw):.2f}x (goal <= 1.5x); "
+              f"API-ready vs raw: {statistics.median(seen) / statistics.median(raw):.2f}x")
 
 
 if __name__ == "__main__":

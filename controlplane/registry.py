@@ -291,6 +291,7 @@ class Registry:
             raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name) from err
         except Conflict as err:
             raise Conflict(f'{kind.lower()}s "{name}" has been modified', kind=kind, name=name) from err
-        revision = await self._timed("revision", self.store.revision())
-        await self._settle(resource, revision)
+        # settle on the deleted key itself: the store's current revision may belong to another
+        # resource's write, which this resource's cache would never see
+        await self.caches[resource].wait_gone(name, created=kv.create_revision)
         return decode(kv)

@@ -91,6 +91,7 @@ class WatchCache:
         self.prefix = f"{resource}/"
         self.objects: dict[str, dict[str, Any]] = {}
         self._encoded: dict[str, bytes] = {}
+        self._created: dict[str, int] = {}  # name -> create revision of the cached incarnation
         self.events: collections.deque[CacheEvent] = collections.deque(maxlen=window)
         self.revision = 0
         self.oldest_revision = 0  # events after this revision are all in the window
@@ -120,6 +121,7 @@ class WatchCache:
     async def _relist(self) -> None:
         items, revision = await self.store.range(self.prefix)
         self.objects = {kv.key[len(self.prefix):]: decode(kv) for kv in items}
+        self._created = {kv.key[len(self.prefix):]: kv.create_revision for kv in items}
         self._encoded = {}
         self.revision = revision
         self.oldest_revision = revision
@@ -165,8 +167,10 @@ class WatchCache:
             before = self.objects.get(name)
             type_ = "MODIFIED" if before is not None else "ADDED"
             self.objects[name] = obj
+            self._created[name] = kv.create_revision
         else:
             previous = self.objects.pop(name, None)
+            self._created.pop(name, None)
             if previous is None and kv.value:
                 previous = decode(kv)
             if previous is None:
@@ -204,6 +208,23 @@ class WatchCache:
             async with asyncio.timeout(timeout):
                 async with self._advanced:
                     await self._advanced.wait_for(lambda: self.revision >= revision)
+            return True
+        except TimeoutError:
+            return False
+
+    async def wait_gone(self, name: str, *, created: int, timeout: float = 2.0) -> bool:
+        """Wait until the cache no longer holds the incarnation of ``name`` created at ``created``."""
+
+        def gone() -> bool:
+            obj = self.objects.get(name)
+            return obj is None or self._created.get(name, 0) != created
+
+        if gone():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._advanced:
+                    await self._advanced.wait_for(gone)
             return True
         except TimeoutError:
             return False

@@ -24,7 +24,7 @@ from controlplane.errors import NotFound
 
 from .common import WaitTimeout, ref
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.1  # a poll is one cached read on the server: cheap
 
 
 @dataclass

@@ -416,6 +416,13 @@ async def test_invalid_writes_nothing(api: Api) -> None:
     assert_status(err, 422, "Invalid")
     assert err["details"]["causes"][0] == {"field": "spec.bogus", "reason": "FieldValueNotSupported",
                                            "message": "Unknown field."}
+    for body in ({"metadata": 5, "spec": {"image": "x"}}, {"metadata": None}, {"metadata": ["web"]}):
+        status, err = await api.call("POST", "/api/v1/units", body=body)
+        assert_status(err, 422, "Invalid")
+        assert [c["field"] for c in err["details"]["causes"]] == ["metadata"]
+    status, err = await api.call("POST", "/api/v1/units", body=unit("web", placement={"machine": "m1"}, **{"global": True}))
+    assert_status(err, 422, "Invalid")
+    assert [c["field"] for c in err["details"]["causes"]] == ["spec.placement.machine"]
     assert await api.etcd_keys() == {}
     # an invalid replace writes nothing either
     created = await api.create_unit("web")
@@ -424,6 +431,11 @@ async def test_invalid_writes_nothing(api: Api) -> None:
     bad["spec"]["restartPolicy"] = "Sometimes"
     status, err = await api.call("PUT", "/api/v1/units/web", body=bad)
     assert_status(err, 422, "Invalid")
+    for patch in ({"metadata": None}, {"metadata": 3}):
+        status, err = await api.call("PUT", "/api/v1/units/web", body=patch)
+        assert_status(err, 422, "Invalid")
+        status, err = await api.call("PATCH", "/api/v1/units/web", body=patch, content_type="application/merge-patch+json")
+        assert status in (200, 422), err
     assert await api.etcd_keys() == before
 
 

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from controlplane.api.metrics import ApiMetrics
-from controlplane.controllers.cluster import UNSCHEDULABLE, Bind, ClusterPlan, Unbind, new_instance, plan_cluster
+from controlplane.controllers.cluster import (
+    UNSCHEDULABLE,
+    Bind,
+    ClusterPlan,
+    Unbind,
+    new_instance,
+    plan_cluster,
+)
 from controlplane.controllers.manager import Controllers
 from controlplane.registry import Registry
 from controlplane.store.memory import MemoryStore
