@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,7 @@ class DevState:
     config_backup: str = ""
     config_written: str = ""
     was_up: bool = False  # not saved: `up` found it already running
+    created_dirs: list[str] = field(default_factory=list)  # folders `up` made (removed by `down` when empty)
 
     @property
     def path(self) -> Path:
@@ -277,6 +278,7 @@ class DevState:
             "cluster": self.cluster, "server": self.server, "adminToken": self.admin_token,
             "etcd": self.etcd_url, "machines": self.machines, "processes": [p.to_json() for p in self.procs],
             "config": {"path": self.config_path, "backup": self.config_backup, "written": self.config_written},
+            "createdDirs": self.created_dirs,
         }
         _write_private(self.path, json.dumps(data, indent=2) + "\n")
 
@@ -292,7 +294,8 @@ class DevState:
         return cls(state_dir=state_dir, cluster=data["cluster"], server=data["server"],
                    admin_token=data["adminToken"], etcd_url=data["etcd"], machines=list(data["machines"]),
                    procs=[Proc.from_json(p) for p in data["processes"]], config_path=config.get("path", ""),
-                   config_backup=config.get("backup", ""), config_written=config.get("written", ""))
+                   config_backup=config.get("backup", ""), config_written=config.get("written", ""),
+                   created_dirs=list(data.get("createdDirs") or []))
 
     # -- API access for status and the demo --
     def api(self, path: str, timeout: float = 2.0) -> Any:
@@ -365,8 +368,19 @@ def _pick_agent_port(wanted: int, addresses: list[str]) -> int:
     raise DevError("no port is free on every machine address")
 
 
+def _missing_ancestors(path: Path) -> list[str]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(str(folder))
+    return missing
+
+
 def _write_cpctl_config(state: DevState) -> None:
     path = config_file()
+    state.created_dirs += _missing_ancestors(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     backup = state.state_dir / "cpctl-config.before-dev.yaml"
     if path.exists() and not backup.exists():
@@ -398,6 +412,7 @@ def up(options: UpOptions, echo: Echo = print) -> DevState:
         _ensure_images(echo)
     etcd_bin = find_etcd()
 
+    created_dirs = _missing_ancestors(state_dir.parent)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)
     logs = state_dir / "logs"
@@ -442,7 +457,7 @@ def up(options: UpOptions, echo: Echo = print) -> DevState:
     ], str(logs / f"agent-{machine}.log")) for machine, address in zip(machines, addresses, strict=True)]
 
     state = DevState(state_dir=state_dir, cluster=options.cluster, server=server, admin_token=admin_token,
-                     etcd_url=etcd_url, machines=machines, procs=[etcd, api, *agents])
+                     etcd_url=etcd_url, machines=machines, procs=[etcd, api, *agents], created_dirs=created_dirs)
     try:
         echo(f"state folder: {state_dir}")
         etcd.start()
@@ -582,4 +597,7 @@ def down(state_dir: str | Path | None = None, echo: Echo = print) -> bool:
     if folder.exists():  # a file a container made read-only, say: one more try, then say so
         subprocess.run(["rm", "-rf", str(folder)], capture_output=True)
     echo(f"removed {folder}" if not folder.exists() else f"warning: could not remove {folder}")
+    for created in sorted(state.created_dirs, key=len, reverse=True):  # deepest first, only when empty
+        with contextlib.suppress(OSError):
+            Path(created).rmdir()
     return True

@@ -25,8 +25,14 @@ HTTP_PATH = re.compile(r"^/[\x21-\x7e]*$")
 PORT = validate.Range(min=1, max=65535)
 
 
+# JSON-schema (ECMA) forms of the patterns above, for the OpenAPI document; the validators use
+# fullmatch, so a trailing newline never slips through Python's ``$``.
+DNS_LABEL_SPEC = {"pattern": DNS_LABEL.pattern, "maxLength": 63}
+DNS_LABEL_OR_EMPTY_SPEC = {"pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", "maxLength": 63}
+
+
 def _dns_label(value: str) -> None:
-    if len(value) > 63 or not DNS_LABEL.match(value):
+    if len(value) > 63 or not DNS_LABEL.fullmatch(value):
         raise ValidationError(DNS_LABEL_MESSAGE)
 
 
@@ -37,21 +43,31 @@ def _dns_label_or_empty(value: str) -> None:
 
 def _labels(value: dict[str, str]) -> None:
     for key, val in value.items():
-        if len(key) > 253 or not LABEL_KEY.match(key):
+        if len(key) > 253 or not LABEL_KEY.fullmatch(key):
             raise ValidationError(f"label key {key!r} is not a qualified name")
-        if len(val) > 63 or not LABEL_VALUE.match(val):
+        if len(val) > 63 or not LABEL_VALUE.fullmatch(val):
             raise ValidationError(f"label value {val!r} for {key!r} is not a valid label value")
 
 
 def _env(value: dict[str, str]) -> None:
     for key in value:
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise ValidationError(f"environment variable name {key!r} is not a valid C identifier")
 
 
 def _glob(value: str) -> None:
-    if not GLOB.match(value):
+    if not GLOB.fullmatch(value):
         raise ValidationError(f"{value!r} is not a unit name glob (a-z, 0-9, '-', '*', '?', '[...]')")
+
+
+class FullMatch(validate.Regexp):
+    """``validate.Regexp`` that matches the whole string (Python's ``$`` also matches before a final
+    newline, so ``Regexp("^a$")`` would accept ``"a\\n"``)."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
 
 
 class Strict(Schema):
@@ -60,7 +76,7 @@ class Strict(Schema):
 
 
 class ObjectMetaSchema(Strict):
-    name = fields.String(required=True, validate=_dns_label)
+    name = fields.String(required=True, validate=_dns_label, metadata=DNS_LABEL_SPEC)
     uid = fields.String()
     resourceVersion = fields.String()
     generation = fields.Integer(strict=True)
@@ -82,18 +98,20 @@ class ResourcesSchema(Strict):
 
 class PlacementSchema(Strict):
     spread = fields.String(validate=validate.OneOf(["required", "preferred", "none"]), load_default="required")
-    conflicts = fields.List(fields.String(validate=_glob), load_default=list)
+    conflicts = fields.List(
+        fields.String(validate=_glob, metadata={"pattern": GLOB.pattern}), load_default=list
+    )
     machineMetadata = fields.Dict(
-        keys=fields.String(validate=validate.Regexp(LABEL_KEY, error="not a label key")),
+        keys=fields.String(validate=FullMatch(LABEL_KEY, error="not a label key")),
         values=fields.List(fields.String(validate=validate.Length(min=1, max=63)), validate=validate.Length(min=1)),
         load_default=dict,
     )
-    machineOf = fields.String(validate=_dns_label_or_empty, load_default="")
-    machine = fields.String(validate=_dns_label_or_empty, load_default="")
+    machineOf = fields.String(validate=_dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
+    machine = fields.String(validate=_dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
 
 
 class HttpProbeSchema(Strict):
-    path = fields.String(validate=validate.Regexp(HTTP_PATH, error="must be an absolute URL path"), load_default="/")
+    path = fields.String(validate=FullMatch(HTTP_PATH, error="must be an absolute URL path"), load_default="/")
     port = fields.Integer(required=True, strict=True, validate=PORT)
 
 
@@ -121,15 +139,15 @@ class HealthSchema(Strict):
 
 
 class ExposeSchema(Strict):
-    host = fields.String(required=True, validate=_dns_label)
+    host = fields.String(required=True, validate=_dns_label, metadata=DNS_LABEL_SPEC)
     port = fields.Integer(strict=True, validate=PORT)
 
 
 class ProxySchema(Strict):
     kind = fields.String(required=True, validate=validate.OneOf(["loadbalancer", "edge"]))
-    target = fields.String(validate=_dns_label)
+    target = fields.String(validate=_dns_label, metadata=DNS_LABEL_SPEC)
     domain = fields.String(
-        validate=validate.Regexp(
+        validate=FullMatch(
             r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$", error="must be a DNS domain"
         )
     )
@@ -230,9 +248,9 @@ class HostPortSchema(Strict):
 
 
 class InstanceSpecSchema(Strict):
-    unit = fields.String(required=True, validate=_dns_label)
+    unit = fields.String(required=True, validate=_dns_label, metadata=DNS_LABEL_SPEC)
     index = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    machine = fields.String(validate=_dns_label_or_empty, load_default="")
+    machine = fields.String(validate=_dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
     epoch = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
     generation = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
     template = fields.Nested(UnitSpecSchema, load_default=None, allow_none=True)

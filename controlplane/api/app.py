@@ -64,8 +64,11 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(err)
     except web.HTTPMethodNotAllowed as err:
         code = 405
-        return error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.path}; "
-                                               f"allowed: {', '.join(sorted(err.allowed_methods))}"))
+        allowed = ", ".join(sorted(err.allowed_methods))
+        response = error_response(MethodNotAllowed(f"method {request.method} is not allowed on {request.path}; "
+                                                   f"allowed: {allowed}"))
+        response.headers["Allow"] = allowed  # RFC 9110: a 405 names the allowed methods
+        return response
     except web.HTTPNotFound:
         code = 404
         return error_response(NotFound(f"the server could not find the requested resource {request.path!r}"))

@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from aiohttp import web
+from marshmallow import ValidationError
 
 from controlplane.api.auth import authorize
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
@@ -17,7 +18,7 @@ from controlplane.api.state import REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
 from controlplane.registry import HAS_STATUS, RESOURCES
-from controlplane.schemas import load_object, load_status
+from controlplane.schemas import ScaleSchema, flatten_errors, load_object, load_status
 
 
 def resource_of(request: web.Request) -> tuple[str, str]:
@@ -66,6 +67,8 @@ async def list_objects(request: web.Request) -> web.StreamResponse:
 def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a {kind} object")
+    if body.get("apiVersion") not in (None, "v1"):
+        raise BadRequest(f"apiVersion {body.get('apiVersion')!r} is not served; use v1")
     if body.get("kind") not in (None, kind):
         raise BadRequest(f"the body is a {body.get('kind')!r}, this endpoint takes {kind}")
     meta = body.get("metadata")
@@ -198,12 +201,14 @@ async def put_scale(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a Scale object")
-    replicas = (body.get("spec") or {}).get("replicas") if isinstance(body.get("spec"), dict) else None
-    if isinstance(replicas, bool) or not isinstance(replicas, int):
+    try:
+        replicas = ScaleSchema().load(body)["spec"]["replicas"]
+    except ValidationError as err:
+        causes = flatten_errors(err.messages)
         raise Invalid(
-            f'Scale "{name}" is invalid: spec.replicas: must be an integer',
-            kind="Scale", name=name, causes=[Cause("spec.replicas", "must be an integer")],
-        )
+            f'Scale "{name}" is invalid: ' + "; ".join(f"{c.field}: {c.message}" for c in causes[:5]),
+            kind="Scale", name=name, causes=causes,
+        ) from err
     registry = request.app[REGISTRY]
     current = registry.get("units", name)
     unit = copy.deepcopy(current)

@@ -15,7 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
 from controlplane.registry import HAS_STATUS, RESOURCES
-from controlplane.schemas import SCHEMAS, ScaleSchema, StatusSchema
+from controlplane.schemas import ENV_NAME, LABEL_KEY, LABEL_VALUE, SCHEMAS, ScaleSchema, StatusSchema
 
 ERRORS = {
     "400": "BadRequest: malformed JSON, not UTF-8, or a bad query parameter",
@@ -152,7 +152,10 @@ def _paths(spec: APISpec) -> None:
                          "address": {"type": "string"}, "agentVersion": {"type": "string"},
                          "agentPort": {"type": "integer", "minimum": 0, "maximum": 65535},
                          "capacity": {"$ref": "#/components/schemas/Capacity"},
-                         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                         "labels": {"type": "object",
+                                    "additionalProperties": {"type": "string", "maxLength": 63,
+                                                             "pattern": LABEL_VALUE.pattern},
+                                    "propertyNames": {"maxLength": 253, "pattern": LABEL_KEY.pattern}},
                      }}}}},
                  "responses": {"200": {"description": "the machine and the lease TTL", "content": {
                      "application/json": {"schema": {"type": "object", "properties": {
@@ -195,7 +198,18 @@ def _document() -> dict[str, Any]:
         spec.components.schema(f"{kind}List", _list_schema(kind))
     _paths(spec)
     doc = spec.to_dict()
+    _key_rules(doc["components"]["schemas"])
     return doc
+
+
+def _key_rules(schemas: dict[str, Any]) -> None:
+    """What apispec cannot derive from callable validators: the map keys and label values the
+    server accepts (so a spec-driven client never builds a request the server refuses)."""
+    label_value = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE.pattern}
+    label_key = {"maxLength": 253, "pattern": LABEL_KEY.pattern}
+    schemas["ObjectMeta"]["properties"]["labels"].update(additionalProperties=label_value, propertyNames=label_key)
+    schemas["UnitSpec"]["properties"]["env"]["propertyNames"] = {"pattern": ENV_NAME.pattern}
+    schemas["Placement"]["properties"]["machineMetadata"]["propertyNames"] = dict(label_key)
 
 
 def openapi_document() -> dict[str, Any]:

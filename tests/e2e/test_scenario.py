@@ -249,6 +249,7 @@ def test_dev_status_repair_and_down(devc: DevCluster) -> None:
     assert devlib.cluster_containers(c.cluster) == []
     assert not c.state_dir.exists()
     assert not config.exists()
+    assert list(c.home.rglob("*")) == [], "dev down left files or folders in HOME"
     leftovers = subprocess.run(["pgrep", "-f", str(c.state_dir)], capture_output=True, text=True).stdout.split()
     assert leftovers == []
     again = c.dev("down")
