@@ -20,12 +20,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-JsonList = list[dict[str, Any]]
-
 from controlplane.errors import AlreadyExists, BadRequest, Conflict, NotFound
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
 from controlplane.watchcache import WatchCache, decode
+
+JsonList = list[dict[str, Any]]
 
 # resource (URL plural) -> kind
 RESOURCES: dict[str, str] = {

@@ -64,6 +64,13 @@ async def campaign_forever(
             except AlreadyExists:
                 await keeper.stop(revoke=True)
                 continue
+            except BaseException:
+                # e.g. a timeout after etcd applied the create: the key may exist on our lease.
+                # Never leave that lease kept alive by a keeper nobody stops (the key would block
+                # every campaign, ours included, for as long as this process lives): revoke it.
+                with contextlib.suppress(Exception):
+                    await keeper.stop(revoke=True)
+                raise
             log.info("%s is now the leader", identity)
             on_change(True)
             try:
