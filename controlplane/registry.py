@@ -150,14 +150,9 @@ class Registry:
 
     async def create(self, resource: str, obj: dict[str, Any], *, lease: int = 0) -> dict[str, Any]:
         kind = RESOURCES[resource]
-        obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
+        obj = self._stamp_new(resource, obj)
+        meta = obj["metadata"]
         name = meta["name"]
-        meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_rfc3339(self.clock)
-        meta["generation"] = 1
-        meta.pop("resourceVersion", None)
-        obj["kind"], obj["apiVersion"] = kind, "v1"
         try:
             revision = await self._timed("create", self.store.create(object_key(resource, name), encode(obj), lease=lease))
         except AlreadyExists as err:
@@ -165,6 +160,47 @@ class Registry:
         await self._settle(resource, revision)
         meta["resourceVersion"] = str(revision)
         return obj
+
+    def _stamp_new(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339(self.clock)
+        meta["generation"] = 1
+        meta.pop("resourceVersion", None)
+        obj["kind"], obj["apiVersion"] = RESOURCES[resource], "v1"
+        return obj
+
+    async def create_many(self, resource: str, objs: list[dict[str, Any]], *, batch: int = 64) -> int:
+        """Create many objects in transactions of ``batch`` (the controllers' bulk path: 10,000 instances
+        are 157 etcd round trips, not 10,000). A batch that meets an existing name falls back to one
+        create per object; those that exist are skipped. Returns how many were created."""
+        stamped = [self._stamp_new(resource, obj) for obj in objs]
+        created = 0
+        last = 0
+
+        async def one_batch(chunk: list[dict[str, Any]]) -> None:
+            nonlocal created, last
+            items = [(object_key(resource, o["metadata"]["name"]), encode(o)) for o in chunk]
+            try:
+                revision = await self._timed("create_many", self.store.create_many(items))
+                created += len(chunk)
+                last = max(last, revision)
+                return
+            except AlreadyExists:
+                pass
+            for key, value in items:
+                try:
+                    revision = await self._timed("create", self.store.create(key, value))
+                    created += 1
+                    last = max(last, revision)
+                except AlreadyExists:
+                    continue
+
+        await asyncio.gather(*(one_batch(stamped[i:i + batch]) for i in range(0, len(stamped), batch)))
+        if last:
+            await self._settle(resource, last)
+        return created
 
     async def _current(self, resource: str, name: str) -> dict[str, Any]:
         kv = await self._timed("get", self.store.get(object_key(resource, name)))

@@ -197,7 +197,7 @@ class Controllers:
         await asyncio.gather(*(bounded(reg.mutate("instances", u.instance, unbind(u.machine))) for u in plan.unbinds))
         await asyncio.gather(
             *(bounded(reg.delete("instances", name)) for name, _ in plan.deletes),
-            *(bounded(reg.create("instances", obj)) for obj in plan.creates),
+            bounded(reg.create_many("instances", plan.creates)),
             *(bounded(reg.mutate("instances", r["metadata"]["name"], replace_with(r))) for r in plan.replaces),
             *(bounded(reg.mutate("instances", b.instance, bind(b.machine, b.epoch))) for b in plan.binds),
             *(bounded(reg.mutate("instances", n, set_status(s))) for n, s in plan.instance_status.items()),

@@ -50,6 +50,11 @@ class Store(Protocol):
         """Write only if the key does not exist; returns the new mod revision. AlreadyExists otherwise."""
         ...
 
+    async def create_many(self, items: list[tuple[str, bytes]]) -> int:
+        """Create every key in one transaction, or none: AlreadyExists if any exists. Returns the
+        revision of the write. Callers keep batches at most 64 keys (etcd's --max-txn-ops is 128)."""
+        ...
+
     async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
         """Compare-and-swap on mod revision. NotFound if missing, Conflict if stale."""
         ...

@@ -288,6 +288,30 @@ class EtcdStore:
 
         return await self._call(op)
 
+    async def create_many(self, items: list[tuple[str, bytes]]) -> int:
+        fulls = [(self._full(key), value) for key, value in items]
+        if not fulls:
+            return await self.revision()
+
+        async def op(client: aetcd.Client, retrying: bool) -> int:
+            tx = client.transactions
+            ok, responses = await self._txn(
+                client,
+                compare=[tx.create(full) == 0 for full, _ in fulls],
+                success=[aetcd_put(full, value, 0) for full, value in fulls],
+                failure=[aetcd_get(full) for full, _ in fulls],
+            )
+            if ok:
+                return int(responses[0].response_put.header.revision)
+            found = [_first_kv([r]) for r in responses]
+            # a retry after a failover finds our own earlier write: every key holds our value
+            if retrying and all(kv is not None and kv.value == value for kv, (_, value) in zip(found, fulls, strict=True)):
+                return max(int(kv.mod_revision) for kv in found)
+            taken = next((key for kv, (key, _) in zip(found, items, strict=True) if kv is not None), items[0][0])
+            raise AlreadyExists(f"key {taken!r} already exists")
+
+        return await self._call(op)
+
     async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
         full = self._full(key)
 

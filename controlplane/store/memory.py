@@ -90,6 +90,16 @@ class MemoryStore:
         self._check_lease(lease)
         return self._write(key, value, lease)
 
+    async def create_many(self, items: list[tuple[str, bytes]]) -> int:
+        self._ensure_reaper()
+        existing = [key for key, _ in items if key in self._data]
+        if existing:
+            raise AlreadyExists(f"key {existing[0]!r} already exists")
+        revision = self._revision
+        for key, value in items:
+            revision = self._write(key, value, 0)
+        return revision
+
     async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
         self._ensure_reaper()
         current = self._data.get(key)

@@ -89,6 +89,19 @@ async def test_create_existing_raises_already_exists(backend: Backend) -> None:
     assert kv is not None and kv.value == b"one" and kv.mod_revision == rev
 
 
+async def test_create_many_writes_all_or_nothing(backend: Backend) -> None:
+    s = backend.store
+    rev = await s.create_many([("i/a", b"A"), ("i/b", b"B"), ("i/c", b"C")])
+    items, _ = await s.range("i/")
+    assert [(kv.key, kv.value) for kv in items] == [("i/a", b"A"), ("i/b", b"B"), ("i/c", b"C")]
+    assert max(kv.mod_revision for kv in items) == rev
+    with pytest.raises(AlreadyExists):
+        await s.create_many([("i/d", b"D"), ("i/b", b"other")])
+    assert await s.get("i/d") is None  # nothing of a refused batch is written
+    kv = await s.get("i/b")
+    assert kv is not None and kv.value == b"B"
+
+
 async def test_update_compares_mod_revision(backend: Backend) -> None:
     s = backend.store
     created = await s.create("k", b"one")
