@@ -73,7 +73,10 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str(obj["metadata"]["name"])
 
 
-def new_instance(unit: Mapping[str, Any], name: str, index: int, machine: str = "") -> dict[str, Any]:
+def new_instance(unit: Mapping[str, Any], name: str, index: int, machine: str = "", *,
+                 template: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A new Instance of ``unit``. ``template`` (the unit's template, copied once per pass) may be
+    shared by the instances of one plan: they are encoded, never mutated."""
     spec = unit.get("spec") or {}
     return {
         "apiVersion": "v1",
@@ -86,7 +89,7 @@ def new_instance(unit: Mapping[str, Any], name: str, index: int, machine: str = 
             "machine": machine,
             "epoch": 1 if machine else 0,
             "generation": int(unit["metadata"].get("generation", 1)),
-            "template": template_of(copy.deepcopy(spec)),
+            "template": template if template is not None else template_of(copy.deepcopy(spec)),
         },
         "status": {"phase": "Pending", "ready": False, "reason": "", "message": "", "containerID": "",
                    "address": "", "hostPorts": [], "restarts": 0, "exitCode": None, "startedAt": "",
@@ -172,6 +175,7 @@ def plan_cluster(
     by_unit: dict[str, list[dict[str, Any]]] = {}
     for inst in work.values():
         by_unit.setdefault(inst["spec"]["unit"], []).append(inst)
+    templates: dict[str, dict[str, Any]] = {}
     for unit in units:
         mine = by_unit.get(_name(unit), [])
         for action in plan_unit(unit, mine, machines):
@@ -179,7 +183,10 @@ def plan_cluster(
                 plan.deletes.append((action.instance, action.reason))
                 work.pop(action.instance, None)
             elif action.kind == "create":
-                obj = new_instance(unit, action.instance, action.index, action.machine)
+                if _name(unit) not in templates:
+                    templates[_name(unit)] = template_of(copy.deepcopy(unit.get("spec") or {}))
+                obj = new_instance(unit, action.instance, action.index, action.machine,
+                                   template=templates[_name(unit)])
                 plan.creates.append(obj)
                 work[action.instance] = obj
             elif action.kind == "replace" and action.instance in work:

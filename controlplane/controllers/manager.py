@@ -31,7 +31,7 @@ from controlplane.store.base import Store
 log = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 128
 RESYNC_SECONDS = 5.0
-DEBOUNCE_SECONDS = 0.01
+DEBOUNCE_SECONDS = 0.05
 EVENT_MAX_AGE_SECONDS = 3600.0
 
 
