@@ -8,6 +8,7 @@ bad field, so nothing a user typed wrong reaches etcd half-written.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -60,11 +61,19 @@ def _glob(value: str) -> None:
         raise ValidationError(f"{value!r} is not a unit name glob (a-z, 0-9, '-', '*', '?', '[...]')")
 
 
+@functools.cache
+def instance(cls: type[Schema]) -> Schema:
+    """One shared instance per schema class. Building a Schema deep-copies its declared fields (and
+    a Nested field builds its schema on first use), which was most of the CPU of a create; loads
+    are synchronous, so one instance serves every request of the event loop."""
+    return cls()
+
+
 class FullMatch(validate.Regexp):
     """``validate.Regexp`` that matches the whole string (Python's ``$`` also matches before a final
     newline, so ``Regexp("^a$")`` would accept ``"a\\n"``)."""
 
-    def __call__(self, value: str) -> str:
+    def __call__(self, value: Any) -> Any:
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
@@ -171,7 +180,7 @@ class UnitSpecSchema(Strict):
     global_ = fields.Boolean(data_key="global", load_default=False)
     resources = fields.Nested(ResourcesSchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
     restartPolicy = fields.String(validate=validate.OneOf(["Always", "OnFailure", "Never"]), load_default="Always")
-    placement = fields.Nested(PlacementSchema, load_default=lambda: PlacementSchema().load({}))
+    placement = fields.Nested(PlacementSchema, load_default=lambda: instance(PlacementSchema).load({}))
     health = fields.Nested(HealthSchema)
     expose = fields.Nested(ExposeSchema)
     proxy = fields.Nested(ProxySchema)
@@ -216,15 +225,15 @@ class ConditionSchema(Schema):
 
 
 class UnitStatusSchema(Strict):
-    replicas = fields.Integer(load_default=0)
-    readyReplicas = fields.Integer(load_default=0)
-    observedGeneration = fields.Integer(load_default=0)
+    replicas = fields.Integer(strict=True, load_default=0)
+    readyReplicas = fields.Integer(strict=True, load_default=0)
+    observedGeneration = fields.Integer(strict=True, load_default=0)
     conditions = fields.List(fields.Nested(ConditionSchema), load_default=list)
 
 
 class CapacitySchema(Strict):
     cpu = fields.Float(validate=validate.Range(min=0), load_default=0.0)
-    memoryMB = fields.Integer(validate=validate.Range(min=0), load_default=0)
+    memoryMB = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
 
 
 class MachineSpecSchema(Strict):
@@ -272,7 +281,7 @@ class InstanceStatusSchema(Strict):
     startedAt = fields.String(load_default="")
     machine = fields.String(load_default="")
     epoch = fields.Integer(strict=True, load_default=0)
-    reasons = fields.Dict(keys=fields.String(), values=fields.Integer(), load_default=dict)
+    reasons = fields.Dict(keys=fields.String(), values=fields.Integer(strict=True), load_default=dict)
 
 
 class EndpointAddressSchema(Strict):
@@ -295,9 +304,9 @@ def _object_schema(kind: str, spec: type[Schema] | None, status: type[Schema] | 
         "metadata": fields.Nested(ObjectMetaSchema, required=True),
     }
     if spec is not None:
-        attrs["spec"] = fields.Nested(spec, load_default=lambda: spec().load({}))
+        attrs["spec"] = fields.Nested(spec, load_default=lambda: instance(spec).load({}))
     if status is not None:
-        attrs["status"] = fields.Nested(status, load_default=lambda: status().load({}))
+        attrs["status"] = fields.Nested(status, load_default=lambda: instance(status).load({}))
     return type(f"{kind}Schema", (Strict,), attrs)
 
 
@@ -417,7 +426,7 @@ def load_object(kind: str, body: Any) -> dict[str, Any]:
         raise Invalid(f"{kind} must be a JSON object", kind=kind, causes=[Cause("<body>", "must be an object")])
     name = str((body.get("metadata") or {}).get("name", "")) if isinstance(body.get("metadata"), dict) else ""
     try:
-        obj: dict[str, Any] = SCHEMAS[kind]().load(body)
+        obj: dict[str, Any] = instance(SCHEMAS[kind]).load(body)
     except ValidationError as err:
         raise _invalid(kind, name, err) from err
     _fix_global(obj)
@@ -432,7 +441,7 @@ def load_status(kind: str, name: str, body: Any) -> dict[str, Any]:
     if schema is None:
         raise Invalid(f"{kind} has no status", kind=kind, name=name)
     try:
-        status: dict[str, Any] = schema().load(body if body is not None else {})
+        status: dict[str, Any] = instance(schema).load(body if body is not None else {})
     except ValidationError as err:
         raise _invalid(kind, name, err, "status") from err
     return status

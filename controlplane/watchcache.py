@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import json
 import logging
 from collections.abc import Callable
@@ -101,6 +102,10 @@ class WatchCache:
         self.queue_size = queue_size
         self.ready = asyncio.Event()
         self._advanced = asyncio.Condition()
+        # writers waiting for their revision: a heap of (revision, seq, future), resolved in order,
+        # so an event wakes only the writers it satisfies (a Condition woke all of them every time)
+        self._rev_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._rev_seq = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -127,6 +132,7 @@ class WatchCache:
         self.oldest_revision = revision
         self.events.clear()
         self.ready.set()
+        self._wake_revision_waiters()
 
     async def _follow(self) -> None:
         while True:
@@ -197,17 +203,25 @@ class WatchCache:
                     while not sub.queue.empty():
                         sub.queue.get_nowait()
                     sub.queue.put_nowait(None)
+        self._wake_revision_waiters()
         async with self._advanced:
             self._advanced.notify_all()
+
+    def _wake_revision_waiters(self) -> None:
+        while self._rev_waiters and self._rev_waiters[0][0] <= self.revision:
+            _, _, future = heapq.heappop(self._rev_waiters)
+            if not future.done():
+                future.set_result(None)
 
     async def wait_for(self, revision: int, *, timeout: float = 2.0) -> bool:
         """Wait until the cache has seen ``revision`` (read-your-writes for this server's clients)."""
         if self.revision >= revision:
             return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rev_seq += 1
+        heapq.heappush(self._rev_waiters, (revision, self._rev_seq, future))
         try:
-            async with asyncio.timeout(timeout):
-                async with self._advanced:
-                    await self._advanced.wait_for(lambda: self.revision >= revision)
+            await asyncio.wait_for(future, timeout)
             return True
         except TimeoutError:
             return False

@@ -54,7 +54,7 @@ def _parse_heartbeat(name: str, body: Any) -> dict[str, Any]:
         )
     status_fields = {k: body[k] for k in ("address", "capacity", "agentVersion", "agentPort") if k in body}
     status = load_status("Machine", name, {**status_fields, "state": "Ready"})
-    labels = body.get("labels") or {}
+    labels = body.get("labels", {})  # a wrong type is refused below, not taken as "no labels"
     load_object("Machine", {"metadata": {"name": name, "labels": labels}})  # validates name and labels
     return {"status": status, "labels": labels}
 

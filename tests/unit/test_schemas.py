@@ -81,6 +81,10 @@ def test_full_unit_round_trips() -> None:
         ({}, {"name": "web-"}, "metadata.name"),
         ({}, {"name": "a" * 64}, "metadata.name"),
         ({}, {"name": ""}, "metadata.name"),
+        ({}, {"name": "web\n"}, "metadata.name"),  # Python's $ matches before a final newline
+        ({}, {"name": "web", "labels": {"app": "web\n"}}, "metadata.labels"),
+        ({"health": {"http": {"port": 80, "path": "/\n"}}}, {}, "spec.health.http.path"),
+        ({"proxy": {"kind": "edge", "domain": "example.com\n"}}, {}, "spec.proxy.domain"),
         ({}, {"name": "web", "labels": {"bad key!": "x"}}, "metadata.labels"),
         ({}, {"name": "web", "labels": {"app": "no spaces"}}, "metadata.labels"),
         ({}, {"name": "web", "labels": {"app": "x" * 64}}, "metadata.labels"),

@@ -1,0 +1,117 @@
+"""``/metrics`` of a live cp-apiserver: request counts and latency by route and code, open watches,
+etcd latency, and ``promtool check metrics`` accepts the exposition.
+
+promtool comes from Debian's ``prometheus`` package without installing it (350 MB with its web
+assets): ``apt-get download`` + ``dpkg-deb -x`` into a temp dir, binary cached in /tmp/cp-promtool/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from apiserver_fixture import ApiServer
+
+PROMTOOL_CACHE = Path("/tmp/cp-promtool/promtool")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    on_path = shutil.which("promtool")
+    if on_path:
+        return on_path
+    if PROMTOOL_CACHE.exists():
+        return str(PROMTOOL_CACHE)
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        pytest.skip("promtool not found and no apt-get/dpkg-deb to fetch Debian's prometheus package")
+    with tempfile.TemporaryDirectory(prefix="cp-promtool-") as tmp:
+        got = subprocess.run(["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True,
+                             timeout=300)
+        debs = list(Path(tmp).glob("prometheus_*.deb"))
+        if got.returncode != 0 or not debs:
+            pytest.skip(f"apt-get download prometheus failed: {got.stderr.strip()[-500:]}")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, timeout=120)
+        PROMTOOL_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        partial = PROMTOOL_CACHE.with_suffix(".partial")
+        shutil.copy2(Path(tmp) / "x" / "usr" / "bin" / "promtool", partial)
+        partial.replace(PROMTOOL_CACHE)
+    return str(PROMTOOL_CACHE)
+
+
+def call(api: ApiServer, method: str, path: str, body: object = None, token: str = "admin-token") -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(api.url + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        err.read()
+        return int(err.code)
+
+
+def scrape(api: ApiServer) -> str:
+    with urllib.request.urlopen(api.url + "/metrics", timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return str(resp.read().decode())
+
+
+def test_metrics_after_traffic(apiserver: ApiServer, promtool: str) -> None:
+    unit = {"metadata": {"name": "web"}, "spec": {"image": "local/web:1"}}
+    assert call(apiserver, "POST", "/api/v1/units", unit) == 201
+    assert call(apiserver, "POST", "/api/v1/units", unit) == 409
+    for _ in range(3):
+        assert call(apiserver, "GET", "/api/v1/units/web") == 200
+    assert call(apiserver, "GET", "/api/v1/units/nope") == 404
+    assert call(apiserver, "GET", "/api/v1/units", token="bad") == 401
+    # hold a watch open while scraping
+    opened = threading.Event()
+    stop = threading.Event()
+
+    def watcher() -> None:
+        req = urllib.request.Request(apiserver.url + "/api/v1/units?watch=1&timeoutSeconds=5",
+                                     headers={"Authorization": "Bearer admin-token"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.readline()
+            opened.set()
+            stop.wait(10)
+
+    thread = threading.Thread(target=watcher, daemon=True)
+    thread.start()
+    assert opened.wait(10)
+    try:
+        text = scrape(apiserver)
+    finally:
+        stop.set()
+        thread.join(15)
+
+    def sample(name: str, **labels: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rindex("}") + 1] if "{" in line else ""))
+                if all(found.get(k) == v for k, v in labels.items()):
+                    return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no sample {name} {labels} in:\n{text[:3000]}")
+
+    assert sample("cp_apiserver_requests_total", route="/api/v1/units", method="POST", code="201") == 1
+    assert sample("cp_apiserver_requests_total", route="/api/v1/units", method="POST", code="409") == 1
+    assert sample("cp_apiserver_requests_total", route="/api/v1/units/{name}", method="GET", code="200") == 3
+    assert sample("cp_apiserver_requests_total", route="/api/v1/units/{name}", method="GET", code="404") == 1
+    assert sample("cp_apiserver_requests_total", route="/api/v1/units", method="GET", code="401") == 1
+    assert sample("cp_apiserver_request_duration_seconds_count", route="/api/v1/units/{name}", method="GET") >= 4
+    assert sample("cp_apiserver_request_duration_seconds_bucket", route="/api/v1/units", method="POST",
+                  le="+Inf") == 2
+    assert sample("cp_apiserver_watches", resource="units") == 1
+    assert sample("cp_etcd_request_duration_seconds_count", operation="create") >= 2
+
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
