@@ -162,8 +162,9 @@ class Registry:
         return obj
 
     def _stamp_new(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
+        # only the top level and metadata are changed here: copying those is enough
+        obj = {**obj, "metadata": dict(obj.get("metadata") or {})}
+        meta = obj["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339(self.clock)
         meta["generation"] = 1

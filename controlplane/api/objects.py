@@ -7,6 +7,7 @@ Handlers stay thin: parse (controlplane.api.http), validate (controlplane.schema
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -81,8 +82,13 @@ def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
         raise BadRequest(f"metadata.name {meta.get('name')!r} does not match the URL's name {name!r}")
 
 
+@functools.cache
+def _default_status(kind: str) -> dict[str, Any]:
+    return load_status(kind, "", {})
+
+
 def _initial_status(kind: str) -> dict[str, Any] | None:
-    return load_status(kind, "", {}) if kind in HAS_STATUS else None
+    return copy.deepcopy(_default_status(kind)) if kind in HAS_STATUS else None
 
 
 async def create_object(request: web.Request) -> web.Response:
