@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.api.state import BOOKMARK_SECONDS as BOOKMARK_KEY
 from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
 from controlplane.registry import RESOURCES
@@ -46,7 +47,7 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
         timeout = float(request.query.get("timeoutSeconds") or 0)
     except ValueError as err:
         raise BadRequest(f"invalid resourceVersion or timeoutSeconds: {err}") from err
-    bookmark_every = float(request.app["bookmark_seconds"]) if "bookmark_seconds" in request.app else BOOKMARK_SECONDS
+    bookmark_every = request.app.get(BOOKMARK_KEY, BOOKMARK_SECONDS)
 
     initial: list[bytes] = []
     if from_rv <= 0:

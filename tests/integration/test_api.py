@@ -27,7 +27,7 @@ from etcd_fixture import EtcdServer
 
 from controlplane.api.app import make_app
 from controlplane.api.auth import TokenTable
-from controlplane.api.state import REGISTRY
+from controlplane.api.state import BOOKMARK_SECONDS, REGISTRY
 from controlplane.store.etcd import EtcdStore
 
 ADMIN = "admin-token"
@@ -594,7 +594,7 @@ async def test_watch_from_resource_version(api: Api) -> None:
 
 async def test_watch_bookmarks_and_timeout(etcd: EtcdServer, unique_prefix: str, tmp_path: Path) -> None:
     def fast_bookmarks(app: web.Application) -> None:
-        app["bookmark_seconds"] = 0.2
+        app[BOOKMARK_SECONDS] = 0.2
 
     api, store = await start_api(etcd.url, unique_prefix, tmp_path, app_setup=fast_bookmarks)
     try:
