@@ -152,7 +152,7 @@ class ProbeTarget:
 # Until a new container first passes, it is probed every STARTUP_PERIOD (for at most
 # STARTUP_WINDOW seconds) rather than every periodSeconds: a probe that fires a few ms before the
 # server listens would otherwise hold a ready instance back a whole period (2 s by default).
-STARTUP_PERIOD = 0.2
+STARTUP_PERIOD = 0.05
 STARTUP_WINDOW = 10.0
 
 
