@@ -29,7 +29,7 @@ from controlplane.errors import (
     RequestEntityTooLarge,
     ServiceUnavailable,
 )
-from controlplane.registry import Registry
+from controlplane.registry import RESOURCES, Registry
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _route_label(request: web.Request) -> str:
     if resource is None or getattr(info, "http_exception", None) is not None:
         return "unmatched"
     label = resource.canonical
-    if "{resource}" in label and "resource" in info:
+    if "{resource}" in label and info.get("resource") in RESOURCES:  # bounded: no label per typo
         label = label.replace("{resource}", info["resource"])
     return label
 
@@ -88,9 +88,7 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = 500
         return error_response(InternalError("internal error; see the server log"))
     finally:
-        route = _route_label(request)
-        metrics.requests.labels(route, request.method, str(code)).inc()
-        metrics.request_seconds.labels(route, request.method).observe(time.perf_counter() - started)
+        metrics.observe_request(_route_label(request), request.method, code, time.perf_counter() - started)
 
 
 @web.middleware
