@@ -4,7 +4,7 @@ all 50 are Running+ready again; a SIGKILLed agent restarted, over its first 10 s
 figure, from the same run and window: dockerd's CPU (the engine doing the work the agent asks
 for) and the RSS of a bare Python process that merely imports the agent's libraries. No asserts.
 
-Usage: /tmp/venv/bin/python bench/bench_agent_overhead.py [--containers 50] [--idle 20]
+Usage: .venv/bin/python bench/bench_agent_overhead.py [--containers 50] [--idle 20]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How long from a machine's last heartbeat until all its instances are bound elsewhere?
 
-    /tmp/venv/bin/python bench/bench_failover.py [--runs 20] [--ttl 2]
+    .venv/bin/python bench/bench_failover.py [--runs 20] [--ttl 2]
 
 A fresh etcd and a real ``cp-apiserver`` subprocess with ``--machine-ttl TTL``; six machines
 heartbeat every 0.5 s through the API (tests/machine_helper.py, no agents or Docker) and a unit

@@ -5,7 +5,7 @@ beside it, from the same run, is the TTL itself (the floor: nothing may move bef
 expires) and a bare `docker run -d` + HTTP answer of the same image (the floor of starting it).
 No asserts.
 
-Usage: /tmp/venv/bin/python bench/bench_failover_containers.py [--runs 10] [--ttl 5]
+Usage: .venv/bin/python bench/bench_failover_containers.py [--runs 10] [--ttl 5]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ on loopback and times:
   the old workers stopped accepting (nginx retires them ~100 ms after the new ones start);
 * ``debounced``: the agent's real path, a ``Debouncer.poke()`` (quiet 150 ms) then apply.
 
-Usage: /tmp/venv/bin/python bench/bench_proxy_convergence.py [--runs 50]
+Usage: .venv/bin/python bench/bench_proxy_convergence.py [--runs 50]
 """
 
 from __future__ import annotations

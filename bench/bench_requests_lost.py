@@ -32,7 +32,7 @@ Two ways to die (``--modes``):
   use addresses 127.0.3.N (not the 127.0.1.N of ``cpctl dev`` and the tests), so the rule touches
   nothing else; it is removed at the end of the run. Needs root and iptables.
 
-Usage: /tmp/venv/bin/python bench/bench_requests_lost.py [--after 25] [--threads 4] [--modes kill,blackhole]
+Usage: .venv/bin/python bench/bench_requests_lost.py [--after 25] [--threads 4] [--modes kill,blackhole]
 No asserts; the figures go to bench/README.md.
 """
 

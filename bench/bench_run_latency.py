@@ -6,7 +6,7 @@ POST, the scheduler, the agent's watch, `docker create/start`, the first health 
 status write, and cpctl's wait seeing it. The baseline is what a user gets from Docker alone.
 Runs alternate (ours, raw, ours, raw ...) so both see the same noise. No asserts.
 
-Usage: /tmp/venv/bin/python bench/bench_run_latency.py [--runs 10] [--delete-between]
+Usage: .venv/bin/python bench/bench_run_latency.py [--runs 10] [--delete-between]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The scheduler alone, no store: placements per second at 5,000 machines / 150,000 instances,
 and how the cost of one placement grows with the number of machines.
 
-    /tmp/venv/bin/python bench/bench_scheduler.py [--machines 5000] [--instances 150000]
+    .venv/bin/python bench/bench_scheduler.py [--machines 5000] [--instances 150000]
 
 The workload keeps 30 instances per machine at every size (so the growth table compares like
 with like): units of 100 replicas, cpu 0.25 / 256 MB each, on machines of 64 cpu / 256 GB with

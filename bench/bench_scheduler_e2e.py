@@ -1,6 +1,6 @@
 """End to end into etcd: how fast does the control plane bind 10,000 replicas on 1,000 machines?
 
-    /tmp/venv/bin/python bench/bench_scheduler_e2e.py [--machines 1000] [--units 100] [--replicas 100]
+    .venv/bin/python bench/bench_scheduler_e2e.py [--machines 1000] [--units 100] [--replicas 100]
 
 Setup, all real: a fresh single-member etcd (tests/etcd_fixture.py) and ``cp-apiserver`` as a
 subprocess (``python -m controlplane.api.server``, its own process and core, the way it runs in
