@@ -27,11 +27,11 @@ from agent.reconcile import DesiredInstance
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeFailure
 from controlplane import __version__
 from controlplane.client import Client
-from controlplane.errors import Conflict, CPError, Gone, NotFound
+from controlplane.errors import Conflict, CPError, NotFound
+from controlplane.mirror import mirror
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
-WATCH_SILENCE_SECONDS = 30.0  # the API sends a BOOKMARK every 5 s
 
 
 @dataclass
@@ -98,7 +98,8 @@ class Agent:
                     items, _ = await asyncio.wait_for(
                         self.client.list_all("instances", field_selector=f"spec.machine={self.config.machine}"),
                         timeout=max(self.ttl / 3, 0.5))
-                    self.instances = {i["metadata"]["name"]: i for i in items}
+                    self.instances.clear()
+                    self.instances.update({i["metadata"]["name"]: i for i in items})
                     self.relist.set()
                     log.warning("reached the API again: unfencing")
                     self.fenced = False
@@ -131,45 +132,12 @@ class Agent:
                 watch.result()
 
     async def _list_and_watch(self) -> None:
-        selector = f"spec.machine={self.config.machine}"
-        while True:
-            try:
-                items, rv = await self.client.list_all("instances", field_selector=selector)
-                self.instances = {i["metadata"]["name"]: i for i in items}
-                self.listed.set()
-                self.wake.set()
-                events = self.client.watch("instances", resource_version=rv, field_selector=selector,
-                                           timeout_seconds=300).__aiter__()
-                while True:
-                    # the server sends a BOOKMARK every few seconds: silence means a dead connection
-                    try:
-                        event = await asyncio.wait_for(events.__anext__(), timeout=WATCH_SILENCE_SECONDS)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        log.warning("instance watch silent for %.0fs; re-listing", WATCH_SILENCE_SECONDS)
-                        aclose = getattr(events, "aclose", None)
-                        if aclose is not None:
-                            with contextlib.suppress(Exception):
-                                await aclose()
-                        break
-                    obj = event.get("object") or {}
-                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    name = obj["metadata"]["name"]
-                    if event["type"] == "DELETED" or (obj.get("spec") or {}).get("machine") != self.config.machine:
-                        self.instances.pop(name, None)
-                    else:
-                        self.instances[name] = obj
-                    self.wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Gone:
-                continue
-            except CPError as err:
-                log.warning("instance watch failed: %s; re-listing", err)
-                await asyncio.sleep(0.5)
+        await mirror(
+            self.client, "instances", self.instances,
+            field_selector=f"spec.machine={self.config.machine}",
+            keep=lambda obj: (obj.get("spec") or {}).get("machine") == self.config.machine,
+            on_listed=self.listed.set, on_change=self.wake.set,
+        )
 
     def desired(self) -> list[DesiredInstance]:
         if self.fenced:

@@ -51,6 +51,13 @@ def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
     return dt.datetime.fromtimestamp(clock(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def event_object(kind: str, name: str, *, type_: str, reason: str, message: str) -> dict[str, Any]:
+    """A new Event about object ``kind/name``, with a unique DNS-label name derived from it."""
+    return {"metadata": {"name": f"{name[:50]}-{uuid.uuid4().hex[:8]}", "labels": {}, "annotations": {}},
+            "type": type_, "reason": reason, "involvedObject": {"kind": kind, "name": name},
+            "message": message[:1000], "timestamp": now_rfc3339(), "count": 1}
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     """Stored form: the object without its resourceVersion (that is etcd's mod revision)."""
     meta = dict(obj.get("metadata") or {})
@@ -64,6 +71,31 @@ def object_key(resource: str, name: str) -> str:
 
 def _spec_of(kind: str, obj: dict[str, Any]) -> list[Any]:
     return [obj.get(f) for f in SPEC_FIELDS[kind]]
+
+
+def not_found(resource: str, name: str) -> NotFound:
+    kind = RESOURCES[resource]
+    return NotFound(f'{resource} "{name}" not found', kind=kind, name=name)
+
+
+def conflict(resource: str, name: str) -> Conflict:
+    kind = RESOURCES[resource]
+    return Conflict(
+        f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+        kind=kind,
+        name=name,
+    )
+
+
+def carry_metadata(kind: str, current: dict[str, Any], new: dict[str, Any]) -> None:
+    """Keep what a write may not change (name, uid, creationTimestamp) and bump generation when
+    the spec changed."""
+    meta = new.setdefault("metadata", {})
+    cur_meta = current["metadata"]
+    for key in ("name", "uid", "creationTimestamp"):
+        meta[key] = cur_meta.get(key)
+    meta["generation"] = cur_meta.get("generation", 1) + (1 if _spec_of(kind, new) != _spec_of(kind, current) else 0)
 
 
 def encode_continue(name: str, revision: int) -> str:
@@ -104,7 +136,7 @@ class Registry:
     def get(self, resource: str, name: str) -> dict[str, Any]:
         obj = self.caches[resource].get(name)
         if obj is None:
-            raise NotFound(f'{RESOURCES[resource].lower()}s "{name}" not found', kind=RESOURCES[resource], name=name)
+            raise not_found(resource, name)
         return copy.deepcopy(obj)
 
     def find(self, resource: str, name: str) -> dict[str, Any] | None:
@@ -156,7 +188,7 @@ class Registry:
         try:
             revision = await self._timed("create", self.store.create(object_key(resource, name), encode(obj), lease=lease))
         except AlreadyExists as err:
-            raise AlreadyExists(f'{kind.lower()}s "{name}" already exists', kind=kind, name=name) from err
+            raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name) from err
         await self._settle(resource, revision)
         meta["resourceVersion"] = str(revision)
         return obj
@@ -206,8 +238,7 @@ class Registry:
     async def _current(self, resource: str, name: str) -> dict[str, Any]:
         kv = await self._timed("get", self.store.get(object_key(resource, name)))
         if kv is None:
-            kind = RESOURCES[resource]
-            raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name)
+            raise not_found(resource, name)
         return decode(kv)
 
     async def replace(
@@ -221,31 +252,19 @@ class Registry:
         if current is None or (rv and current["metadata"]["resourceVersion"] != rv):
             current = await self._current(resource, name)
         if rv and current["metadata"]["resourceVersion"] != str(rv):
-            raise Conflict(
-                f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified; '
-                "please apply your changes to the latest version and try again",
-                kind=kind,
-                name=name,
-            )
+            raise conflict(resource, name)
         return await self._write(resource, current, self._merged(kind, current, obj))
 
     @staticmethod
     def _merged(kind: str, current: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
         new = copy.deepcopy(obj)
-        meta = new.setdefault("metadata", {})
-        cur_meta = current["metadata"]
-        for key in ("name", "uid", "creationTimestamp"):
-            meta[key] = cur_meta.get(key)
-        meta["generation"] = cur_meta.get("generation", 1)
-        if _spec_of(kind, new) != _spec_of(kind, current):
-            meta["generation"] += 1
+        carry_metadata(kind, current, new)
         if kind in HAS_STATUS:
             new["status"] = copy.deepcopy(current.get("status"))
         new["kind"], new["apiVersion"] = kind, "v1"
         return new
 
     async def _write(self, resource: str, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-        kind = RESOURCES[resource]
         name = current["metadata"]["name"]
         rv = int(current["metadata"]["resourceVersion"])
         try:
@@ -253,14 +272,9 @@ class Registry:
                 "update", self.store.update(object_key(resource, name), encode(new), expected_revision=rv)
             )
         except Conflict as err:
-            raise Conflict(
-                f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified; '
-                "please apply your changes to the latest version and try again",
-                kind=kind,
-                name=name,
-            ) from err
+            raise conflict(resource, name) from err
         except NotFound as err:
-            raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name) from err
+            raise not_found(resource, name) from err
         await self._settle(resource, revision)
         new["metadata"]["resourceVersion"] = str(revision)
         return new
@@ -295,20 +309,11 @@ class Registry:
             if current is None or attempt > 0:
                 current = await self._current(resource, name)
             if expected_rv and current["metadata"]["resourceVersion"] != str(expected_rv):
-                raise Conflict(
-                    f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified',
-                    kind=kind,
-                    name=name,
-                )
+                raise conflict(resource, name)
             new = change(copy.deepcopy(current))
             if new is None:
                 return current
-            meta = new.setdefault("metadata", {})
-            meta["generation"] = current["metadata"].get("generation", 1) + (
-                1 if _spec_of(kind, new) != _spec_of(kind, current) else 0
-            )
-            for key in ("name", "uid", "creationTimestamp"):
-                meta[key] = current["metadata"].get(key)
+            carry_metadata(kind, current, new)
             try:
                 return await self._write(resource, current, new)
             except Conflict:
@@ -318,16 +323,15 @@ class Registry:
         raise AssertionError("unreachable")
 
     async def delete(self, resource: str, name: str, *, expected_rv: str | None = None) -> dict[str, Any]:
-        kind = RESOURCES[resource]
         try:
             kv = await self._timed(
                 "delete",
                 self.store.delete(object_key(resource, name), expected_revision=int(expected_rv or 0)),
             )
         except NotFound as err:
-            raise NotFound(f'{kind.lower()}s "{name}" not found', kind=kind, name=name) from err
+            raise not_found(resource, name) from err
         except Conflict as err:
-            raise Conflict(f'{kind.lower()}s "{name}" has been modified', kind=kind, name=name) from err
+            raise conflict(resource, name) from err
         # settle on the deleted key itself: the store's current revision may belong to another
         # resource's write, which this resource's cache would never see
         await self.caches[resource].wait_gone(name, created=kv.create_revision)

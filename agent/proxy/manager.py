@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import socket
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,9 @@ from agent.proxy.render import InvalidProxySpec, ProxySpec, render, routes_for
 from agent.reconcile import DesiredInstance
 from agent.runtime.base import Bind, Runtime
 from controlplane.client import Client
-from controlplane.errors import CPError, Gone
-from controlplane.registry import now_rfc3339
+from controlplane.errors import CPError
+from controlplane.mirror import mirror
+from controlplane.registry import event_object
 
 if TYPE_CHECKING:
     from agent.agent import Agent
@@ -206,38 +206,11 @@ class ProxyManager:
         proxy.last_reason = "" if result.ok else result.reason
 
     async def _event(self, instance: str, reason: str, message: str) -> None:
-        obj = {"metadata": {"name": f"{instance[:50]}-{uuid.uuid4().hex[:8]}"}, "type": "Warning", "reason": reason,
-               "involvedObject": {"kind": "Instance", "name": instance}, "message": message[:1000],
-               "timestamp": now_rfc3339()}
+        obj = event_object("Instance", instance, type_="Warning", reason=reason, message=message)
         with contextlib.suppress(CPError):
             await self.client.create("events", obj)
 
     # ---- watches ----
-    async def _follow(self, resource: str, store: dict[str, dict[str, Any]]) -> None:
-        while True:
-            try:
-                items, rv = await self.client.list_all(resource)
-                store.clear()
-                store.update({i["metadata"]["name"]: i for i in items})
-                self.poke_all()
-                async for event in self.client.watch(resource, resource_version=rv, timeout_seconds=300):
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    obj = event["object"]
-                    if event["type"] == "DELETED":
-                        store.pop(obj["metadata"]["name"], None)
-                    else:
-                        store[obj["metadata"]["name"]] = obj
-                    if self.proxies:
-                        self.poke_all()
-            except asyncio.CancelledError:
-                raise
-            except Gone:
-                continue
-            except CPError as err:
-                log.warning("proxy manager: %s watch failed: %s", resource, err)
-                await asyncio.sleep(0.5)
-
     async def _follow_containers(self) -> None:
         """Apply as soon as a proxy's container is (re)started: the agent's reports carry its id."""
         seen: dict[str, str] = {}
@@ -252,7 +225,8 @@ class ProxyManager:
                         debouncer.poke()
 
     async def run(self) -> None:
-        await asyncio.gather(self._follow("units", self.units), self._follow("endpoints", self.endpoints),
+        await asyncio.gather(mirror(self.client, "units", self.units, on_change=self.poke_all),
+                             mirror(self.client, "endpoints", self.endpoints, on_change=self.poke_all),
                              self._follow_containers())
 
 

@@ -28,6 +28,7 @@ from controlplane.errors import (
     NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
+    from_status,
 )
 from controlplane.registry import RESOURCES, Registry
 from controlplane.store.base import Store
@@ -77,8 +78,7 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(RequestEntityTooLarge(f"request body is larger than {MAX_BODY} bytes"))
     except web.HTTPException as err:
         code = err.status
-        cls = next((c for c in CPError.__subclasses__() if c.code == err.status), InternalError)
-        return error_response(cls(err.reason or "error"))
+        return error_response(from_status({"code": err.status, "message": err.reason or "error"}))
     except (ConnectionError, TimeoutError, OSError) as err:
         code = 503
         log.warning("store unavailable during %s %s: %s", request.method, request.path, err)

@@ -18,7 +18,7 @@ from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, me
 from controlplane.api.state import REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
-from controlplane.registry import HAS_STATUS, RESOURCES
+from controlplane.registry import HAS_STATUS, RESOURCES, not_found
 from controlplane.schemas import ScaleSchema, flatten_errors, load_object, load_status
 
 
@@ -110,7 +110,7 @@ async def get_object(request: web.Request) -> web.Response:
     authorize(user_of(request), "get", resource, name=name)
     data = request.app[REGISTRY].caches[resource].encoded(name)
     if data is None:
-        raise NotFound(f'{resource} "{name}" not found', kind=kind, name=name)
+        raise not_found(resource, name)
     return bytes_response(data)
 
 

@@ -176,6 +176,13 @@ def plan_cluster(
     for inst in work.values():
         by_unit.setdefault(inst["spec"]["unit"], []).append(inst)
     templates: dict[str, dict[str, Any]] = {}
+
+    def template_for(unit: Mapping[str, Any]) -> dict[str, Any]:
+        """The unit's template, copied once per pass and shared by the instances this pass makes."""
+        if _name(unit) not in templates:
+            templates[_name(unit)] = template_of(copy.deepcopy(unit.get("spec") or {}))
+        return templates[_name(unit)]
+
     for unit in units:
         mine = by_unit.get(_name(unit), [])
         for action in plan_unit(unit, mine, machines):
@@ -183,16 +190,15 @@ def plan_cluster(
                 plan.deletes.append((action.instance, action.reason))
                 work.pop(action.instance, None)
             elif action.kind == "create":
-                if _name(unit) not in templates:
-                    templates[_name(unit)] = template_of(copy.deepcopy(unit.get("spec") or {}))
                 obj = new_instance(unit, action.instance, action.index, action.machine,
-                                   template=templates[_name(unit)])
+                                   template=template_for(unit))
                 plan.creates.append(obj)
                 work[action.instance] = obj
             elif action.kind == "replace" and action.instance in work:
                 old = work[action.instance]
                 fresh = new_instance(unit, action.instance, action.index,
-                                     old["spec"]["machine"] if unit["spec"].get("global") else "")
+                                     old["spec"]["machine"] if unit["spec"].get("global") else "",
+                                     template=template_for(unit))
                 fresh["spec"]["epoch"] = int(old["spec"].get("epoch") or 0) + (1 if fresh["spec"]["machine"] else 0)
                 fresh["metadata"] = copy.deepcopy(old["metadata"])
                 plan.replaces.append(fresh)

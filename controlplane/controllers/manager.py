@@ -13,23 +13,24 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from controlplane.api.machines import PRESENCE_PREFIX
 from controlplane.api.metrics import ApiMetrics
 from controlplane.api.state import CONFIG, METRICS, REGISTRY, SERVICES, STORE
 from controlplane.controllers.cluster import ClusterPlan, EventNote, plan_cluster
 from controlplane.controllers.leader import campaign_forever, candidate_id
-from controlplane.controllers.presence import PresenceTracker
 from controlplane.errors import AlreadyExists, Conflict, NotFound
-from controlplane.registry import Registry, now_rfc3339
+from controlplane.registry import Registry, event_object, now_rfc3339
 from controlplane.store.base import Store
+from controlplane.watchcache import CacheEvent, WatchCache
 
 log = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 128
+PRESENCE = PRESENCE_PREFIX.rstrip("/")  # the watch cache's resource: keys presence/<machine>
 RESYNC_SECONDS = 5.0
 DEBOUNCE_SECONDS = 0.05
 EVENT_MAX_AGE_SECONDS = 3600.0
@@ -59,36 +60,39 @@ class Controllers:
         self.metrics = metrics
         self.identity = identity
         self.wake = asyncio.Event()
-        self.presence = PresenceTracker(store, on_change=self.wake.set)
+        # which machines are present: the keys presence/<machine> that heartbeats keep on leases;
+        # a DELETE (lease expired) wakes the pass at once, so failover takes the TTL, not a poll
+        self.presence = WatchCache(store, PRESENCE)
         self.passes = 0
         self._event_tasks: set[asyncio.Task[None]] = set()
 
-    def _on_cache_event(self, _event: Any) -> None:
+    def _on_cache_event(self, _event: CacheEvent) -> None:
         self.wake.set()
 
     async def lead(self, lost: asyncio.Event) -> None:
+        self.presence = WatchCache(self.store, PRESENCE)
+        await self.presence.start()  # listed before the first pass: nobody is NotReady by mistake
+        self.presence.listeners.append(self._on_cache_event)
         listeners = [(cache, self._on_cache_event) for name, cache in self.registry.caches.items()
                      if name in ("machines", "units", "instances")]
         for cache, listener in listeners:
             cache.listeners.append(listener)
-        presence = guarded(self.presence.run(), "presence")
         loop = guarded(self._loop(), "reconcile")
         lost_wait = asyncio.ensure_future(lost.wait())
         try:
-            await asyncio.wait({presence, loop, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({loop, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (presence, loop, lost_wait):
+            for task in (loop, lost_wait):
                 task.cancel()
-            for task in (presence, loop, lost_wait):
+            for task in (loop, lost_wait):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             for cache, listener in listeners:
                 with contextlib.suppress(ValueError):
                     cache.listeners.remove(listener)
-            self.presence.synced.clear()
+            await self.presence.stop()
 
     async def _loop(self) -> None:
-        await self.presence.synced.wait()
         backoff = 0.05
         while True:
             self.wake.clear()
@@ -111,7 +115,7 @@ class Controllers:
         started = time.perf_counter()
         plan = plan_cluster(
             reg.objects("machines"), reg.objects("units"), reg.objects("instances"),
-            reg.objects("endpoints"), set(self.presence.present),
+            reg.objects("endpoints"), set(self.presence.objects),
         )
         self.passes += 1
         self._record(plan)
@@ -229,20 +233,21 @@ class Controllers:
 
         await reg.mutate("endpoints", unit, change)
 
-    def emit(self, note: EventNote) -> None:
-        """Record an Event without holding up the pass (events are best effort, as in Kubernetes)."""
-        name = f"{note.name[:50]}-{uuid.uuid4().hex[:8]}"
-        obj = {"metadata": {"name": name, "labels": {}, "annotations": {}}, "type": note.type, "reason": note.reason,
-               "involvedObject": {"kind": note.kind, "name": note.name}, "message": note.message,
-               "timestamp": now_rfc3339(), "count": 1}
+    def _background(self, call: Awaitable[Any]) -> None:
+        """Best-effort writes (Events) that must not hold up the pass, as in Kubernetes."""
 
-        async def write() -> None:
+        async def run() -> None:
             with contextlib.suppress(Exception):
-                await self.registry.create("events", obj)
+                await call
 
-        task = asyncio.create_task(write())
+        task = asyncio.create_task(run())
         self._event_tasks.add(task)
         task.add_done_callback(self._event_tasks.discard)
+
+    def emit(self, note: EventNote) -> None:
+        """Record an Event in the background."""
+        obj = event_object(note.kind, note.name, type_=note.type, reason=note.reason, message=note.message)
+        self._background(self.registry.create("events", obj))
 
     def _gc_events(self) -> None:
         if self.passes % 50:
@@ -250,15 +255,7 @@ class Controllers:
         cutoff = now_rfc3339(lambda: time.time() - EVENT_MAX_AGE_SECONDS)
         for event in self.registry.objects("events")[:500]:
             if (event.get("timestamp") or "") < cutoff:
-                name = event["metadata"]["name"]
-
-                async def drop(n: str = name) -> None:
-                    with contextlib.suppress(Exception):
-                        await self.registry.delete("events", n)
-
-                task = asyncio.create_task(drop())
-                self._event_tasks.add(task)
-                task.add_done_callback(self._event_tasks.discard)
+                self._background(self.registry.delete("events", event["metadata"]["name"]))
 
 
 async def controller_context(app: web.Application) -> AsyncIterator[None]:
