@@ -1,0 +1,307 @@
+"""The shared vocabulary: resource names and kinds, the wire objects, their defaults and builders.
+
+The API server, the controllers, the scheduler, the agent and cpctl all speak in these terms,
+so they live in one module that imports nothing of the project but ``errors`` (the layering
+contracts in ``make lint`` hold it to that). The wire objects are Kubernetes-shaped JSON
+(CONTRACT.md); the TypedDicts below name their fields for the type checker. They describe the
+shape after validation (``schemas.py`` fills the defaults listed here), so readers may index
+them directly. Anything that decides (placement, reconciling, rendering) reads these through
+its own frozen views; this module only names things and builds new objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypedDict
+
+# ---- resources and kinds ----
+
+API_VERSION = "v1"
+# resource (URL plural) -> kind
+RESOURCES: dict[str, str] = {
+    "machines": "Machine",
+    "units": "Unit",
+    "instances": "Instance",
+    "endpoints": "Endpoints",
+    "events": "Event",
+}
+KIND_TO_RESOURCE: dict[str, str] = {kind: resource for resource, kind in RESOURCES.items()}
+# kinds with a /status subresource
+HAS_STATUS = frozenset({"Machine", "Unit", "Instance"})
+# the part of an object whose change bumps metadata.generation
+SPEC_FIELDS: dict[str, tuple[str, ...]] = {
+    "Machine": ("spec",),
+    "Unit": ("spec",),
+    "Instance": ("spec",),
+    "Endpoints": ("endpoints",),
+    "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
+}
+
+# ---- defaults (schemas.py loads with these; views read missing fields as these) ----
+
+SPREAD_REQUIRED = "required"
+SPREAD_PREFERRED = "preferred"
+SPREAD_NONE = "none"
+SPREADS = (SPREAD_REQUIRED, SPREAD_PREFERRED, SPREAD_NONE)
+DEFAULT_SPREAD = SPREAD_REQUIRED
+
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
+RESTART_POLICIES: tuple[RestartPolicy, ...] = ("Always", "OnFailure", "Never")
+DEFAULT_RESTART_POLICY: RestartPolicy = "Always"
+
+PROTOCOLS = ("tcp", "udp")
+DEFAULT_PROTOCOL = "tcp"
+DEFAULT_REPLICAS = 1
+DEFAULT_PROXY_PORT = 80
+DEFAULT_PROXY_IMAGE = "local/nginx:latest"
+
+PHASES = ("Pending", "Starting", "Running", "Failed", "Stopped")
+MACHINE_STATES = ("Ready", "NotReady")
+PROXY_KINDS = ("loadbalancer", "edge")
+
+# spec fields whose change does not touch a running instance (scaling is not a rollout)
+NOT_TEMPLATE = ("replicas",)
+
+# ---- machine presence: keys presence/<machine> on etcd leases kept alive by heartbeats ----
+
+PRESENCE_RESOURCE = "presence"
+PRESENCE_PREFIX = f"{PRESENCE_RESOURCE}/"
+
+
+def presence_key(machine: str) -> str:
+    return f"{PRESENCE_PREFIX}{machine}"
+
+
+# ---- the wire objects ----
+
+
+class ObjectMeta(TypedDict, total=False):
+    name: str
+    uid: str
+    resourceVersion: str
+    generation: int
+    creationTimestamp: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+class PortSpec(TypedDict):
+    containerPort: int
+    hostPort: int
+    protocol: str
+
+
+class Resources(TypedDict):
+    cpu: float
+    memoryMB: int
+
+
+class Placement(TypedDict, total=False):
+    spread: str
+    conflicts: list[str]
+    machineMetadata: dict[str, list[str]]
+    machineOf: str
+    machine: str
+
+
+class ProxyConfig(TypedDict, total=False):
+    kind: str
+    target: str
+    domain: str
+    port: int
+
+
+class Expose(TypedDict, total=False):
+    host: str
+    port: int
+
+
+# "global" is a keyword, hence the functional form
+UnitSpec = TypedDict("UnitSpec", {
+    "image": str, "command": list[str], "env": dict[str, str], "ports": list[PortSpec], "replicas": int,
+    "global": bool, "resources": Resources, "restartPolicy": str, "placement": Placement,
+    "health": dict[str, Any], "expose": Expose, "proxy": ProxyConfig,
+}, total=False)
+
+
+class Condition(TypedDict, total=False):
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: str
+
+
+class UnitStatus(TypedDict, total=False):
+    replicas: int
+    readyReplicas: int
+    observedGeneration: int
+    conditions: list[Condition]
+
+
+class Unit(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: UnitSpec
+    status: UnitStatus
+
+
+class Capacity(TypedDict, total=False):
+    cpu: float
+    memoryMB: int
+
+
+class MachineSpec(TypedDict, total=False):
+    unschedulable: bool
+
+
+class MachineStatus(TypedDict, total=False):
+    state: str
+    address: str
+    capacity: Capacity
+    allocated: Capacity
+    lastHeartbeatTime: str
+    agentVersion: str
+    agentPort: int
+
+
+class Machine(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: MachineSpec
+    status: MachineStatus
+
+
+class HostPort(TypedDict):
+    containerPort: int
+    hostPort: int
+    protocol: str
+
+
+class InstanceSpec(TypedDict, total=False):
+    unit: str
+    index: int
+    machine: str
+    epoch: int
+    generation: int
+    template: UnitSpec | None
+
+
+class InstanceStatus(TypedDict, total=False):
+    phase: str
+    ready: bool
+    reason: str
+    message: str
+    containerID: str
+    address: str
+    hostPorts: list[HostPort]
+    restarts: int
+    exitCode: int | None
+    startedAt: str
+    machine: str  # the binding this report is about (spec.machine when it was written)
+    epoch: int
+    reasons: dict[str, int]
+
+
+class Instance(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: InstanceSpec
+    status: InstanceStatus
+
+
+class EndpointAddress(TypedDict, total=False):
+    address: str
+    port: int
+    containerPort: int
+    instance: str
+    machine: str
+
+
+class Endpoints(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    endpoints: list[EndpointAddress]
+
+
+class InvolvedObject(TypedDict):
+    kind: str
+    name: str
+
+
+class Event(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    type: str
+    reason: str
+    involvedObject: InvolvedObject
+    message: str
+    timestamp: str
+    count: int
+
+
+# ---- builders ----
+
+EVENT_MESSAGE_MAX = 1000
+
+
+def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
+    return dt.datetime.fromtimestamp(clock(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_object(kind: str, name: str, *, type_: str, reason: str, message: str) -> Event:
+    """A new Event about object ``kind/name``, with a unique DNS-label name derived from it."""
+    return {"metadata": {"name": f"{name[:50]}-{uuid.uuid4().hex[:8]}", "labels": {}, "annotations": {}},
+            "type": type_, "reason": reason, "involvedObject": {"kind": kind, "name": name},
+            "message": message[:EVENT_MESSAGE_MAX], "timestamp": now_rfc3339(), "count": 1}
+
+
+def template_of(spec: Mapping[str, Any]) -> UnitSpec:
+    """What an instance carries of its unit's spec: everything a rollout replaces it for."""
+    return {k: v for k, v in spec.items() if k not in NOT_TEMPLATE}  # type: ignore[return-value]
+
+
+def initial_instance_status() -> InstanceStatus:
+    return {"phase": "Pending", "ready": False, "reason": "", "message": "", "containerID": "",
+            "address": "", "hostPorts": [], "restarts": 0, "exitCode": None, "startedAt": "",
+            "machine": "", "epoch": 0, "reasons": {}}
+
+
+def instance_name(unit: str, index: int) -> str:
+    """``<unit>-<index>``: fleet's ``web@1`` as a DNS label."""
+    return f"{unit}-{index}"
+
+
+def new_instance(unit: Mapping[str, Any], name: str, index: int, machine: str = "", *,
+                 template: UnitSpec | None = None) -> Instance:
+    """A new Instance of ``unit``. ``template`` (the unit's template, copied once per pass) may be
+    shared by the instances of one plan: they are encoded, never mutated."""
+    spec = unit.get("spec") or {}
+    meta = unit.get("metadata") or {}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Instance",
+        "metadata": {"name": name, "labels": dict(meta.get("labels") or {}), "annotations": {}},
+        "spec": {
+            "unit": str(meta["name"]),
+            "index": index,
+            "machine": machine,
+            "epoch": 1 if machine else 0,
+            "generation": int(meta.get("generation", 1)),
+            "template": template if template is not None else template_of(copy.deepcopy(spec)),
+        },
+        "status": initial_instance_status(),
+    }
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    return str(obj["metadata"]["name"])
