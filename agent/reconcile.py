@@ -38,13 +38,13 @@ from agent.runtime.base import (
     Container,
     PortMapping,
 )
+from controlplane.model import DEFAULT_PROTOCOL, DEFAULT_RESTART_POLICY, RESTART_POLICIES, RestartPolicy
 
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 BACKOFF_RESET_AFTER = 60.0  # a container that ran this long before exiting starts a fresh backoff
 CRASH_LOOP = "CrashLoopBackOff"
 
-RestartPolicy = Literal["Always", "OnFailure", "Never"]
 ActionKind = Literal["create", "start", "stop", "remove", "restart", "adopt"]
 
 
@@ -64,7 +64,7 @@ class DesiredInstance:
     ports: tuple[PortMapping, ...] = ()
     cpu: float | None = None
     memory_mb: int | None = None
-    restart_policy: RestartPolicy = "Always"
+    restart_policy: RestartPolicy = DEFAULT_RESTART_POLICY
     health: Mapping[str, Any] | None = None
     binds: tuple[Bind, ...] = ()
     network: str = ""
@@ -84,8 +84,8 @@ class DesiredInstance:
 
         resources = get("resources") or {}
         command = get("command")
-        policy: RestartPolicy = get("restartPolicy") or "Always"
-        if policy not in ("Always", "OnFailure", "Never"):
+        policy: RestartPolicy = get("restartPolicy") or DEFAULT_RESTART_POLICY
+        if policy not in RESTART_POLICIES:
             raise ValueError(f"instance {instance['metadata']['name']}: unknown restartPolicy {policy!r}")
         return cls(
             name=str(instance["metadata"]["name"]),
@@ -98,7 +98,8 @@ class DesiredInstance:
             command=tuple(str(c) for c in command) if command else None,
             env={str(k): str(v) for k, v in (get("env") or {}).items()},
             ports=tuple(
-                PortMapping(int(p["containerPort"]), int(p.get("hostPort") or 0), str(p.get("protocol") or "tcp"))
+                PortMapping(int(p["containerPort"]), int(p.get("hostPort") or 0),
+                            str(p.get("protocol") or DEFAULT_PROTOCOL))
                 for p in get("ports") or []
             ),
             cpu=float(resources["cpu"]) if resources.get("cpu") else None,
