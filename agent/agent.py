@@ -8,7 +8,10 @@ this module only moves data between the API and the executor:
   cluster has already replaced;
 - list+watch of the instances bound to this machine (field selector ``spec.machine=NAME``);
 - a sync on every watch event, Docker event, health change, requeue deadline and every
-  ``RESYNC_SECONDS``; statuses are written through ``/status`` only when they change.
+  ``RESYNC_SECONDS``; statuses are written through ``/status`` only when they change;
+- the plug-ins given to the constructor (agent/plugin.py; today the proxy manager) are called at
+  fixed points: shaping the desired instances, a reported container change, each status, and
+  their own task next to these loops.
 """
 
 from __future__ import annotations
@@ -17,18 +20,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from agent.executor import Executor
 from agent.health import Prober
+from agent.plugin import AgentPlugin
 from agent.reconcile import DesiredInstance
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeFailure
 from controlplane import __version__
 from controlplane.client import Client
 from controlplane.errors import Conflict, CPError, NotFound
 from controlplane.mirror import mirror
+from controlplane.model import DEFAULT_PROXY_IMAGE, Instance, InstanceStatus
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
@@ -44,22 +49,27 @@ class AgentConfig:
     memory_mb: int = 0
     fence_after: float | None = None  # default: 80% of the server's machine TTL
     agent_port: int = 0
-    proxy_image: str = "local/nginx:latest"
+    proxy_image: str = DEFAULT_PROXY_IMAGE
     state_dir: str = "/var/lib/cp-agent"
 
 
 class Agent:
-    def __init__(self, client: Client, runtime: Runtime, config: AgentConfig,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+    """One machine's agent. ``plugins`` ride along (agent/plugin.py): they shape the desired
+    instances, hear of new containers, add status fields and run their own task."""
+
+    def __init__(self, client: Client, runtime: Runtime, config: AgentConfig, *,
+                 plugins: Sequence[AgentPlugin] = (), clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.runtime = runtime
         self.config = config
+        self.plugins = tuple(plugins)
         self.clock = clock
         self.prober = Prober(runtime)
         self.executor = Executor(runtime, cluster=config.cluster, machine=config.machine, address=config.address,
                                  prober=self.prober)
-        self.instances: dict[str, dict[str, Any]] = {}
-        self.reported: dict[str, dict[str, Any]] = {}
+        self.instances: dict[str, dict[str, Any]] = {}  # the mirror's: validated Instance objects
+        self.reported: dict[str, InstanceStatus] = {}  # what the API holds, as far as we know
+        self.containers: dict[str, str] = {}  # instance -> the container id last told to the plugins
         self.wake = asyncio.Event()
         self.relist = asyncio.Event()
         self.listed = asyncio.Event()  # set once the instances bound here have been listed
@@ -68,11 +78,6 @@ class Agent:
         self.fenced = False
         self.registered = asyncio.Event()
         self.synced_once = asyncio.Event()
-        self.extra_tasks: list[Callable[[], Awaitable[None]]] = []
-        self.status_hook: Callable[[str, dict[str, Any]], None] = lambda name, status: None
-        self.desired_hook: Callable[[list[DesiredInstance], dict[str, dict[str, Any]]], list[DesiredInstance]] = (
-            lambda desired, instances: desired
-        )
 
     # ---- heartbeat and fencing ----
     @property
@@ -150,7 +155,10 @@ class Agent:
                                                             default_image=self.config.proxy_image))
             except (ValueError, KeyError, TypeError) as err:
                 log.warning("instance %s cannot run here: %s", inst["metadata"].get("name"), err)
-        return self.desired_hook(result, self.instances)
+        instances = cast(Mapping[str, Instance], self.instances)
+        for plugin in self.plugins:
+            result = plugin.shape(result, instances)
+        return result
 
     async def sync_loop(self) -> None:
         # Never plan against an empty instance table that merely has not been listed yet: that
@@ -178,7 +186,7 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
 
-    async def report(self, statuses: dict[str, dict[str, Any]]) -> None:
+    async def report(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         if self.fenced:
             return
         writes = []
@@ -186,18 +194,35 @@ class Agent:
             inst = self.instances.get(name)
             if inst is None:
                 continue
-            wire = {k: ("" if v is None and k != "exitCode" else v) for k, v in status.items()}
-            wire["machine"] = self.config.machine
-            wire["epoch"] = int(inst["spec"].get("epoch") or 0)
-            wire.setdefault("reasons", {})
-            self.status_hook(name, wire)
+            wire = self.wire_status(status, epoch=int(inst["spec"].get("epoch") or 0))
+            for plugin in self.plugins:
+                wire.update(plugin.status_fields(name, wire))
+            self._tell_container(name, wire.get("containerID") or "")
             if self.reported.get(name) == wire:
                 continue
-            writes.append(self._put_status(name, inst, wire))
+            writes.append(self._put_status(name, wire))
+        for name in [n for n in self.containers if n not in self.instances]:
+            del self.containers[name]
         if writes:
             await asyncio.gather(*writes)
 
-    async def _put_status(self, name: str, inst: dict[str, Any], status: dict[str, Any]) -> None:
+    def wire_status(self, status: Mapping[str, Any], *, epoch: int) -> InstanceStatus:
+        """The executor's status as written: no nulls but ``exitCode``, with the binding it is about."""
+        wire = {k: ("" if v is None and k != "exitCode" else v) for k, v in status.items()}
+        wire["machine"] = self.config.machine
+        wire["epoch"] = epoch
+        wire.setdefault("reasons", {})
+        return cast(InstanceStatus, wire)
+
+    def _tell_container(self, name: str, container_id: str) -> None:
+        """The plugins hear of each change of an instance's container once, as it is reported."""
+        if self.containers.get(name, "") == container_id:
+            return
+        self.containers[name] = container_id
+        for plugin in self.plugins:
+            plugin.container_changed(name, container_id)
+
+    async def _put_status(self, name: str, status: InstanceStatus) -> None:
         try:
             await self.client.put_status("instances", name, {"metadata": {"name": name}, "status": status})
             self.reported[name] = status
@@ -223,7 +248,7 @@ class Agent:
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [
             self.heartbeat_loop, self.watch_loop, self.sync_loop, self.docker_events_loop, self.prober_loop,
-            *self.extra_tasks,
+            *(plugin.run for plugin in self.plugins),
         ]
         tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(loop()) for loop in loops]
         try:

@@ -20,8 +20,10 @@ from aiohttp import web
 
 from agent.agent import Agent, AgentConfig
 from agent.logserver import make_log_app
+from agent.proxy.manager import ProxyManager
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
 from controlplane.client import Client
+from controlplane.model import DEFAULT_PROXY_IMAGE
 
 log = logging.getLogger("cp-agent")
 
@@ -72,13 +74,9 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
         except RuntimeUnavailable as err:
             log.warning("container runtime not reachable yet (will retry): %s", err)
     client = Client(server, token=token, ca=ca, timeout=5.0)
-    agent = Agent(client, runtime, config)
-    from agent.proxy.manager import ProxyManager
-
-    proxies = ProxyManager(agent, client, runtime, state_dir=Path(config.state_dir))
-    agent.desired_hook = proxies.desired_hook
-    agent.status_hook = proxies.status_hook
-    agent.extra_tasks.append(proxies.run)
+    proxies = ProxyManager(client, runtime, cluster=config.cluster, machine=config.machine,
+                           address=config.address, state_dir=Path(config.state_dir))
+    agent = Agent(client, runtime, config, plugins=[proxies])
 
     def container_ids() -> dict[str, str]:
         return {name: status["containerID"] for name, status in agent.reported.items() if status.get("containerID")}
@@ -131,7 +129,7 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
 @click.option("--agent-port", type=click.IntRange(0, 65535), default=7071, show_default=True,
               help="port of the agent's log endpoint, on --address")
 @click.option("--cluster", default="cp", show_default=True, help="label that marks this cluster's containers")
-@click.option("--proxy-image", default="local/nginx:latest", show_default=True)
+@click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True)
 @click.option("--state-dir", default="/var/lib/cp-agent", show_default=True, help="proxy configs live here")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(server: str, token: str | None, token_file: str | None, ca: str | None, machine: str, metadata: str,

@@ -31,9 +31,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent.proxy.apply import LocalNginx, NginxApplier
+from agent.proxy.apply import NginxApplier
 from agent.proxy.debounce import Debouncer
-from agent.proxy.render import Endpoint, ProxySpec, Route, render
+from agent.proxy.render import render
+from agent.proxy.routes import Endpoint, ProxySpec, Route
+from agent.proxy.runners import LocalNginx
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -1,11 +1,12 @@
 """Runs the proxy instances of this machine: nginx containers whose config the agent renders.
 
-For each proxy instance bound here the manager
-- shapes its container (agent.desired_hook): the proxy image, ``nginx -c /etc/cp-nginx/nginx.conf``
+A plug-in of the agent (agent/plugin.py). For each proxy instance bound here the manager
+- shapes its container (``shape``): the proxy image, ``nginx -c /etc/cp-nginx/nginx.conf``
   and the instance's config folder bind-mounted at /etc/cp-nginx, made bootable before start;
 - follows Units and Endpoints (list+watch through the API) and, debounced, renders the whole
-  config (render.py, pure) and applies it (apply.py: validate, swap, reload, verify, roll back);
-- reports a rejected config as a Warning Event on the instance.
+  config (routes.py chooses, render.py writes, both pure) and applies it (apply.py: validate,
+  swap, reload, verify, roll back) into the container the agent last reported (``container_changed``);
+- reports a rejected config, and each new set of dropped routes, as a Warning Event on the instance.
 """
 
 from __future__ import annotations
@@ -16,28 +17,27 @@ import dataclasses
 import json
 import logging
 import socket
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
-from agent.proxy.apply import DockerExecNginx, NginxApplier
+from agent.proxy.apply import NginxApplier
 from agent.proxy.debounce import Debouncer
-from agent.proxy.render import InvalidProxySpec, ProxySpec, render, routes_for
+from agent.proxy.render import RenderResult, render
+from agent.proxy.routes import DroppedRoute, InvalidProxySpec, ProxySpec, routes_for
+from agent.proxy.runners import CONTAINER_DIR, RuntimeExecNginx
 from agent.reconcile import DesiredInstance
 from agent.runtime.base import Bind, Runtime
 from controlplane.client import Client
 from controlplane.errors import CPError
 from controlplane.mirror import mirror
-from controlplane.registry import event_object
-
-if TYPE_CHECKING:
-    from agent.agent import Agent
+from controlplane.model import Instance, InstanceStatus, event_object
 
 log = logging.getLogger(__name__)
-CONTAINER_DIR = "/etc/cp-nginx"
 NGINX_COMMAND = ("nginx", "-c", f"{CONTAINER_DIR}/nginx.conf", "-g", "daemon off;")
 
 
-def routed_port(unit: dict[str, Any]) -> int | None:
+def routed_port(unit: Mapping[str, Any]) -> int | None:
     """The container port a proxy sends a unit's traffic to: expose.port, else the first port."""
     spec = unit.get("spec") or {}
     expose = spec.get("expose") or {}
@@ -50,9 +50,8 @@ def routed_port(unit: dict[str, Any]) -> int | None:
     return int(ports[0]["containerPort"]) if ports else None
 
 
-def filtered_endpoints(units: dict[str, dict[str, Any]], endpoints: dict[str, dict[str, Any]]) -> dict[
-    str, dict[str, Any]
-]:
+def filtered_endpoints(units: Mapping[str, Mapping[str, Any]],
+                       endpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Endpoints per unit keeping only the entries of the port proxies route to."""
     result: dict[str, dict[str, Any]] = {}
     for name, obj in endpoints.items():
@@ -61,6 +60,15 @@ def filtered_endpoints(units: dict[str, dict[str, Any]], endpoints: dict[str, di
         items = [e for e in obj.get("endpoints") or [] if port is None or e.get("containerPort") in (None, port)]
         result[name] = {"metadata": {"name": name}, "endpoints": items}
     return result
+
+
+def dropped_summary(dropped: Iterable[DroppedRoute]) -> tuple[frozenset[tuple[str, str, str]], str]:
+    """What identifies a set of dropped routes (unit, host, reason: endpoint churn does not
+    count), and the sentence that reports it."""
+    key = frozenset((d.route.unit, d.route.host or "", d.reason) for d in dropped)
+    parts = [f"unit {unit!r}" + (f" (host {host!r})" if host else "") + f": {reason}"
+             for unit, host, reason in sorted(key)]
+    return key, f"{len(parts)} route(s) dropped: " + "; ".join(parts)
 
 
 def free_port(address: str) -> int:
@@ -103,42 +111,47 @@ class ProxyInstance:
         self.container_id = ""
         self.debouncer: Debouncer | None = None
         self.last_reason = ""
+        self.last_dropped: frozenset[tuple[str, str, str]] = frozenset()
 
 
 class ProxyManager:
-    def __init__(self, agent: Agent, client: Client, runtime: Runtime, *, state_dir: Path) -> None:
-        self.agent = agent
+    """The agent plug-in for proxy instances; needs the agent's cluster, machine and address."""
+
+    def __init__(self, client: Client, runtime: Runtime, *, cluster: str, machine: str, address: str,
+                 state_dir: Path) -> None:
         self.client = client
         self.runtime = runtime
+        self.cluster = cluster
+        self.machine = machine
+        self.address = address
         self.state_dir = state_dir
         self.units: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.proxies: dict[str, ProxyInstance] = {}
-        self.synced = asyncio.Event()
+        self.container_ids: dict[str, str] = {}  # proxy instance -> its container, as the agent reports it
 
     # ---- container shape ----
     def conf_dir(self, instance: str) -> Path:
-        return self.state_dir / "proxy" / self.agent.config.cluster / self.agent.config.machine / instance
+        return self.state_dir / "proxy" / self.cluster / self.machine / instance
 
-    def render_for(self, proxy: ProxyInstance) -> str:
+    def render_for(self, proxy: ProxyInstance) -> RenderResult:
         routes = routes_for(proxy.spec, self.units.values(), filtered_endpoints(self.units, self.endpoints))
-        return render(proxy.spec, routes, status_port=proxy.status_port, listen_address=proxy.address).text
+        return render(proxy.spec, routes, status_port=proxy.status_port, listen_address=proxy.address)
 
-    def status_hook(self, name: str, status: dict[str, Any]) -> None:
+    def status_fields(self, instance: str, status: InstanceStatus) -> InstanceStatus:
         """Proxies publish no Docker ports (host network): report the port nginx listens on."""
-        proxy = self.proxies.get(name)
-        if proxy is not None:
-            status["hostPorts"] = [{"containerPort": proxy.container_port, "hostPort": proxy.listen_port,
-                                    "protocol": "tcp"}]
-            status["address"] = proxy.address
+        proxy = self.proxies.get(instance)
+        if proxy is None:
+            return {}
+        return {"hostPorts": [{"containerPort": proxy.container_port, "hostPort": proxy.listen_port,
+                               "protocol": "tcp"}],
+                "address": proxy.address}
 
-    def desired_hook(self, desired: list[DesiredInstance], instances: dict[str, dict[str, Any]]) -> list[
-        DesiredInstance
-    ]:
+    def shape(self, desired: Sequence[DesiredInstance], instances: Mapping[str, Instance]) -> list[DesiredInstance]:
         shaped: list[DesiredInstance] = []
         live: set[str] = set()
         for d in desired:
-            template = (instances.get(d.name, {}).get("spec") or {}).get("template") or {}
+            template = ((instances.get(d.name) or {}).get("spec") or {}).get("template") or {}
             if not template.get("proxy"):
                 shaped.append(d)
                 continue
@@ -162,19 +175,28 @@ class ProxyManager:
         return shaped
 
     def _open(self, name: str, spec: ProxySpec, host_port: int) -> ProxyInstance:
-        proxy = ProxyInstance(name, spec, self.conf_dir(name), address=self.agent.config.address,
-                              host_port=host_port)
+        proxy = ProxyInstance(name, spec, self.conf_dir(name), address=self.address, host_port=host_port)
         # nginx.conf must exist before the container starts: the last good config if there is
         # one (an agent restart), else a render of what is known now
-        NginxApplier(proxy.conf_dir, _NoRunner()).prepare(self.render_for(proxy))
+        NginxApplier(proxy.conf_dir, _NoRunner()).prepare(self.render_for(proxy).text)
         proxy.debouncer = Debouncer(lambda: self.apply(name), quiet=0.1, max_wait=1.0)
         self.proxies[name] = proxy
         return proxy
 
     def _close(self, name: str) -> None:
         proxy = self.proxies.pop(name, None)
+        self.container_ids.pop(name, None)
         if proxy and proxy.debouncer:
             asyncio.ensure_future(proxy.debouncer.close())
+
+    def container_changed(self, instance: str, container_id: str) -> None:
+        """Apply as soon as a proxy's container is (re)started: the agent reports its id."""
+        proxy = self.proxies.get(instance)
+        if proxy is None:
+            return
+        self.container_ids[instance] = container_id
+        if container_id and proxy.debouncer is not None:
+            proxy.debouncer.poke()
 
     # ---- config updates ----
     def poke_all(self) -> None:
@@ -186,13 +208,15 @@ class ProxyManager:
         proxy = self.proxies.get(name)
         if proxy is None:
             return
-        text = self.render_for(proxy)
-        container_id = (self.agent.reported.get(name) or {}).get("containerID", "")
+        rendered = self.render_for(proxy)
+        await self._report_dropped(proxy, rendered.dropped)
+        text = rendered.text
+        container_id = self.container_ids.get(name, "")
         if proxy.applier is None or proxy.container_id != container_id:
             if not container_id:
                 return
             runner = RuntimeExecNginx(self.runtime, container_id, host_dir=proxy.conf_dir,
-                                      status_port=proxy.status_port)
+                                      status_port=proxy.status_port, container_dir=CONTAINER_DIR)
             proxy.applier = NginxApplier(proxy.conf_dir, runner)
             proxy.applier.prepare(text)
             proxy.container_id = container_id
@@ -205,49 +229,27 @@ class ProxyManager:
                      result.seconds * 1000)
         proxy.last_reason = "" if result.ok else result.reason
 
+    async def _report_dropped(self, proxy: ProxyInstance, dropped: Sequence[DroppedRoute]) -> None:
+        """Log and report the dropped routes once per distinct set, not on every render."""
+        key, message = dropped_summary(dropped)
+        if key == proxy.last_dropped:
+            return
+        proxy.last_dropped = key
+        if not key:
+            log.info("proxy %s: no route dropped any more", proxy.name)
+            return
+        log.warning("proxy %s: %s", proxy.name, message)
+        await self._event(proxy.name, "RouteDropped", message)
+
     async def _event(self, instance: str, reason: str, message: str) -> None:
         obj = event_object("Instance", instance, type_="Warning", reason=reason, message=message)
         with contextlib.suppress(CPError):
-            await self.client.create("events", obj)
+            await self.client.create("events", cast(dict[str, Any], obj))
 
     # ---- watches ----
-    async def _follow_containers(self) -> None:
-        """Apply as soon as a proxy's container is (re)started: the agent's reports carry its id."""
-        seen: dict[str, str] = {}
-        while True:
-            await asyncio.sleep(0.1)
-            for name in list(self.proxies):
-                cid = (self.agent.reported.get(name) or {}).get("containerID", "")
-                if cid and seen.get(name) != cid:
-                    seen[name] = cid
-                    debouncer = self.proxies[name].debouncer
-                    if debouncer is not None:
-                        debouncer.poke()
-
     async def run(self) -> None:
         await asyncio.gather(mirror(self.client, "units", self.units, on_change=self.poke_all),
-                             mirror(self.client, "endpoints", self.endpoints, on_change=self.poke_all),
-                             self._follow_containers())
-
-
-class RuntimeExecNginx(DockerExecNginx):
-    """DockerExecNginx through the agent's Runtime protocol, so proxies work over SSH too."""
-
-    def __init__(self, runtime: Runtime, container_id: str, *, host_dir: Path, status_port: int) -> None:
-        super().__init__(None, container_id, host_dir=host_dir, container_dir=CONTAINER_DIR,
-                         status_port=status_port)
-        self.runtime = runtime
-
-    async def _exec(self, cmd: list[str], *, limit_s: float | None = None) -> tuple[int, str]:
-        timeout = self.exec_timeout if limit_s is None else limit_s
-        try:
-            async with asyncio.timeout(timeout):
-                result = await self.runtime.exec(self.container, cmd)
-        except TimeoutError:
-            return -1, f"exec {' '.join(cmd)}: timed out after {timeout}s"
-        except Exception as err:  # runtime failures of any kind: the applier reports them
-            return -1, f"exec {' '.join(cmd)}: {err}"
-        return result.exit_code, result.output.decode(errors="replace")
+                             mirror(self.client, "endpoints", self.endpoints, on_change=self.poke_all))
 
 
 class _NoRunner:

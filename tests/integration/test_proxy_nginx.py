@@ -22,9 +22,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from agent.proxy.apply import DockerExecNginx, LocalNginx, NginxApplier
+from agent.proxy.apply import NginxApplier
 from agent.proxy.debounce import Debouncer
-from agent.proxy.render import Endpoint, ProxySpec, RenderResult, Route, render, stamp_hash
+from agent.proxy.render import RenderResult, render, stamp_hash
+from agent.proxy.routes import Endpoint, ProxySpec, Route
+from agent.proxy.runners import DockerExecNginx, LocalNginx
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx binary not installed")

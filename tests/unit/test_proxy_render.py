@@ -10,18 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.proxy.render import (
-    HASH_PLACEHOLDER,
-    Endpoint,
-    InvalidProxySpec,
-    ProxySpec,
-    Route,
-    endpoints_from_object,
-    extract_hash,
-    render,
-    routes_for,
-    verify_hash,
-)
+from agent.proxy.render import HASH_PLACEHOLDER, extract_hash, render, verify_hash
+from agent.proxy.routes import Endpoint, InvalidProxySpec, ProxySpec, Route, endpoints_from_object, routes_for
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAVE_NGINX = Path(NGINX).exists()
@@ -78,7 +68,7 @@ def test_loadbalancer_table(name: str, tmp_path: Path) -> None:
         # never an empty upstream: a 503 location instead
         assert "upstream cp_unit_web" not in res.text
         assert "return 503" in res.text
-    assert res.dropped == []
+    assert res.dropped == ()
     if HAVE_NGINX:
         r = nginx_test(res.text, tmp_path)
         assert r.returncode == 0, r.stderr
@@ -101,7 +91,7 @@ EDGE_ROUTES = [
 def test_edge_virtual_hosts(tmp_path: Path) -> None:
     res = render(EDGE, EDGE_ROUTES, run_dir=str(tmp_path))
     text = res.text
-    assert res.dropped == []
+    assert res.dropped == ()
     # unknown hosts: the catch-all default server answers 503
     default = re.search(r"listen 8088 default_server;.*?\}\s*\}", text, re.S)
     assert default and "return 503" in default.group(0)
