@@ -48,7 +48,7 @@ ADMIN = {"Authorization": "Bearer admin-token"}
 
 def instance_size_value(n: int = 100) -> bytes:
     """A value shaped and sized like one bound Instance as the registry stores it."""
-    from controlplane.controllers.cluster import new_instance
+    from controlplane.model import new_instance
     from controlplane.registry import encode
 
     unit = {"metadata": {"name": "u042", "generation": 1, "labels": {}},

@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from controlplane.errors import Cause, Invalid
+from controlplane.scheduler.rules import placement_causes
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_MESSAGE = "must be a DNS-1123 label: lower case letters, digits and '-', at most 63 characters"
@@ -190,22 +191,10 @@ class UnitSpecSchema(Strict):
         errors: dict[str, list[str]] = {}
         if not data.get("image") and not data.get("proxy"):
             errors.setdefault("image", []).append("required unless the unit is a proxy")
-        placement = data.get("placement") or {}
-        pin, machine_of, conflicts = placement.get("machine"), placement.get("machineOf"), placement.get("conflicts")
-        is_global = bool(data.get("global_"))
-        if pin and (conflicts or machine_of or is_global):
-            errors.setdefault("placement.machine", []).append(
-                "machine (a pin) cannot be combined with conflicts, machineOf or global"
-            )
-        if is_global and machine_of:
-            errors.setdefault("placement.machineOf", []).append("machineOf cannot be combined with global")
-        if machine_of and conflicts:
-            from fnmatch import fnmatchcase
-
-            if any(fnmatchcase(machine_of, pattern) for pattern in conflicts):
-                errors.setdefault("placement.machineOf", []).append(
-                    f"machineOf {machine_of!r} is matched by this unit's own conflicts"
-                )
+        # fleet's refused placement combinations: the rule lives beside the scheduler's filters
+        wire = {"placement": data.get("placement") or {}, "global": bool(data.get("global_"))}
+        for field, message in placement_causes(wire):
+            errors.setdefault(field, []).append(message)
         seen: set[tuple[int, str]] = set()
         for port in data.get("ports") or []:
             key = (port["hostPort"], port["protocol"])

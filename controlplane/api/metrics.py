@@ -1,7 +1,9 @@
 """Prometheus metrics of one API server, in a registry of its own.
 
 A registry per app (not prometheus_client's global one) lets tests run several servers in
-one process. Controllers add their own series to the same registry.
+one process. The controllers' series (``controllers.metrics.ControllerMetrics``) are
+registered on the same registry here, whether or not this server ever leads, so every
+server exposes the same series.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from controlplane.controllers.metrics import LATENCY_BUCKETS, ControllerMetrics
+
+__all__ = ["LATENCY_BUCKETS", "ApiMetrics"]
 
 
 class ApiMetrics:
@@ -33,20 +37,7 @@ class ApiMetrics:
             "cp_etcd_request_duration_seconds", "Store (etcd) call latency by operation",
             ["operation"], buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.is_leader = Gauge("cp_leader", "1 when this server runs the scheduler and controllers", registry=r)
-        self.leader_changes = Counter("cp_leader_changes", "Times this server gained or lost leadership", registry=r)
-        self.schedule_attempts = Counter(
-            "cp_scheduler_attempts", "Scheduling attempts by result (scheduled, unschedulable)", ["result"], registry=r
-        )
-        self.schedule_seconds = Histogram(
-            "cp_scheduler_attempt_duration_seconds", "Latency of one scheduling pass", buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.pending = Gauge("cp_scheduler_pending_instances", "Pending instances by reason", ["reason"], registry=r)
-        self.machines = Gauge("cp_machines", "Machines by state", ["state"], registry=r)
-        self.reschedules = Counter(
-            "cp_reschedules", "Instances unbound from a machine that went away, to be placed elsewhere", registry=r
-        )
+        self.controllers = ControllerMetrics(r)
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
         key = (route, method, code)

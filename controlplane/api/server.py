@@ -1,7 +1,7 @@
 """cp-apiserver: flags, logging and the process around make_app.
 
 Every API server serves the REST API; the one that wins the etcd leader lease also runs
-the scheduler and controllers (controlplane.controllers.manager).
+the scheduler and controllers (controlplane.controllers.manager, started by api/leadership.py).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ async def serve(
     config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen}
     contexts = []
     if controllers:
-        from controlplane.controllers.manager import controller_context
+        from controlplane.api.leadership import leadership_context
 
-        contexts.append(controller_context)
+        contexts.append(leadership_context)
     app = make_app(store, tokens=tokens, config=config, extra_contexts=contexts)
     host, port = _split_listen(listen)
     ssl_context = None

@@ -17,8 +17,8 @@ STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 METRICS = web.AppKey("metrics", ApiMetrics)
 TOKENS = web.AppKey("tokens", TokenTable)
 CONFIG = web.AppKey("config", dict)
-SERVICES = web.AppKey("services", dict)
-BOOKMARK_SECONDS = web.AppKey("bookmark_seconds", float)  # watch BOOKMARK period; tests shorten it  # leader election, lease keeper etc.: name -> object
+SERVICES = web.AppKey("services", dict)  # long-lived helpers by name, e.g. "controllers" (api/leadership.py)
+BOOKMARK_SECONDS = web.AppKey("bookmark_seconds", float)  # watch BOOKMARK period; tests shorten it
 USER_KEY = web.RequestKey("cp_user", User)
 
 

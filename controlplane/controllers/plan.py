@@ -2,6 +2,7 @@
 
 Kept apart from the controller loop (which reads etcd and applies the actions) so every rule is
 a table test with exact action lists, reasons included -- fleet's ``engine/reconciler.go`` split.
+It reads the scheduler's views (parsed once per pass by ``cluster.plan_cluster``), not wire dicts.
 
 Rules:
 - Replicated units: ``replicas`` instances named ``<unit>-<index>``; missing ones are created at
@@ -21,12 +22,14 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from controlplane.model import instance_name
 from controlplane.scheduler.filters import MachineMetadata, MachineReady, MachineSchedulable
-from controlplane.scheduler.view import ClusterState, InstanceView, MachineView, UnitView
+from controlplane.scheduler.state import ClusterState
+from controlplane.scheduler.view import InstanceView, MachineView, UnitView
 
 FIRST_INDEX = 0
 
@@ -46,43 +49,32 @@ class Action:
     machine: str = ""  # global units: the machine a created instance is pinned to
 
 
-def instance_name(unit: str, index: int) -> str:
-    return f"{unit}-{index}"
-
-
 def is_up(instance: InstanceView) -> bool:
     """Serving: Running and ready."""
     return instance.phase == "Running" and instance.ready
 
 
-def plan_unit(
-    unit: Mapping[str, Any], instances: Iterable[Mapping[str, Any]], machines: Iterable[Mapping[str, Any]]
-) -> list[Action]:
+def plan_unit(unit: UnitView, instances: Iterable[InstanceView], machines: Iterable[MachineView]) -> list[Action]:
     """The actions that converge ``unit``'s instances (others in ``instances`` are ignored):
     deletes, then creates, then replaces, each by index."""
-    view = UnitView.from_dict(unit)
-    mine = sorted(
-        (i for i in map(InstanceView.from_dict, instances) if i.unit == view.name),
-        key=lambda i: (i.index, i.name),
-    )
-    if view.is_global:
-        deletes, creates = _plan_global(view, mine, [MachineView.from_dict(m) for m in machines])
+    mine = sorted((i for i in instances if i.unit == unit.name), key=lambda i: (i.index, i.name))
+    if unit.is_global:
+        deletes, creates = _plan_global(unit, mine, list(machines))
     else:
-        deletes, creates = _plan_replicas(view, mine)
+        deletes, creates = _plan_replicas(unit, mine)
     deleted = {a.instance for a in deletes}
     kept = [i for i in mine if i.name not in deleted]
-    return deletes + creates + _plan_rollout(view, kept, starting=len(creates))
+    return deletes + creates + _plan_rollout(unit, kept, starting=len(creates))
 
 
-def unit_status(unit: Mapping[str, Any], instances: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+def unit_status(unit: UnitView, instances: Iterable[InstanceView]) -> dict[str, int]:
     """``status.replicas`` (instances that exist), ``readyReplicas`` (Running and ready) and
     ``observedGeneration`` for ``unit``."""
-    view = UnitView.from_dict(unit)
-    mine = [i for i in map(InstanceView.from_dict, instances) if i.unit == view.name]
+    mine = [i for i in instances if i.unit == unit.name]
     return {
         "replicas": len(mine),
         "readyReplicas": sum(1 for i in mine if is_up(i)),
-        "observedGeneration": view.generation,
+        "observedGeneration": unit.generation,
     }
 
 

@@ -6,7 +6,8 @@ is benchmarked at 5,000 machines without etcd. See README.md in this folder for 
 
 from controlplane.scheduler.core import Placement, Scheduler, schedule
 from controlplane.scheduler.rules import placement_causes
-from controlplane.scheduler.view import ClusterState, InstanceView, MachineView, UnitView
+from controlplane.scheduler.state import ClusterState
+from controlplane.scheduler.view import InstanceView, MachineView, UnitView
 
 __all__ = [
     "ClusterState",

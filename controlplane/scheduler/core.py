@@ -26,15 +26,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane.model import SPREAD_PREFERRED
 from controlplane.scheduler import filters as f
 from controlplane.scheduler.scores import score_key
-from controlplane.scheduler.view import (
-    SPREAD_PREFERRED,
-    ClusterState,
-    InstanceView,
-    MachineView,
-    UnitView,
-)
+from controlplane.scheduler.state import ClusterState
+from controlplane.scheduler.view import InstanceView, MachineView, UnitView
 
 # The filter chain, built here and nowhere else. Cheap checks first, because a machine is
 # refused by the first filter that fails and most candidates fail early:
@@ -91,12 +87,23 @@ class Scheduler:
         self._failures: dict[str, tuple[int, Placement]] = {}
 
     @classmethod
+    def from_views(
+        cls,
+        machines: Iterable[MachineView],
+        units: Iterable[UnitView],
+        instances: Iterable[InstanceView],
+    ) -> Scheduler:
+        """A scheduler over views the caller already parsed (the leader's pass parses once)."""
+        return cls(ClusterState.from_views(machines, units, instances))
+
+    @classmethod
     def from_dicts(
         cls,
         machines: Iterable[Mapping[str, Any]],
         units: Iterable[Mapping[str, Any]],
         instances: Iterable[Mapping[str, Any]],
     ) -> Scheduler:
+        """A scheduler over wire dicts (``schedule``, tests, benchmarks)."""
         return cls(ClusterState.from_dicts(machines, units, instances))
 
     # ---- feeding changes ------------------------------------------------------------------

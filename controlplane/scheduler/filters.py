@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from controlplane.scheduler.view import SPREAD_REQUIRED, ClusterState, MachineView, UnitView
+from controlplane.model import SPREAD_REQUIRED
+from controlplane.scheduler.state import ClusterState
+from controlplane.scheduler.view import MachineView, UnitView
 
 # reason codes
 NOT_READY = "MachineNotReady"

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from controlplane.model import SPREAD_PREFERRED
+
 if TYPE_CHECKING:
-    from controlplane.scheduler.view import ClusterState, MachineView, UnitView
+    from controlplane.scheduler.state import ClusterState
+    from controlplane.scheduler.view import MachineView, UnitView
 
 # (instances on the machine, -free cpu, -free memory, machine name): smaller is better
 MachineKey = tuple[int, float, float, str]
@@ -51,5 +54,5 @@ def machine_order_key(machine: MachineView, *, count: int, used_cpu: float, used
 
 def score_key(state: ClusterState, unit: UnitView, machine: str) -> ScoreKey:
     """The full ranking of ``machine`` for ``unit``: smaller is better."""
-    spread = preferred_spread(state, unit, machine) if unit.spread == "preferred" else 0
+    spread = preferred_spread(state, unit, machine) if unit.spread == SPREAD_PREFERRED else 0
     return (spread, *state.key_of(machine))

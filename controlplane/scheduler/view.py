@@ -1,36 +1,19 @@
-"""What the scheduler sees: small frozen views of the wire dicts, and indexes kept up to date.
+"""What the scheduler sees: small frozen views of the wire dicts.
 
-Objects arrive as plain dicts in the wire format (CONTRACT.md). Parsing them once into frozen
-dataclasses keeps defaults in one place (missing ``placement.spread`` is ``required``, missing
-resources are 0, missing capacity is unlimited) and keeps the filters free of ``.get`` chains.
-
-``ClusterState`` holds the indexes every filter and scorer reads -- instances, units, cpu,
-memory and host ports per machine, machines per unit, machines per label -- and updates them in
-O(1) per binding, plus the score order of the schedulable machines in a ``SortedKeys``
-(O(log n) per binding). Placing 150,000 instances therefore never rebuilds anything.
-
-Bound instances count on their machine whatever their phase (a Failed instance may restart in
-place), and the indexes stay keyed by machine name even when a machine is removed, so an
-instance bound to a vanished machine is accounted for until its binding changes.
+Objects arrive as plain dicts in the wire format (CONTRACT.md). Parsing each one once per pass
+into a frozen dataclass keeps the reading of defaults in one place (missing ``placement.spread``
+is ``model.DEFAULT_SPREAD``, missing resources are 0, missing capacity is unlimited) and keeps
+the filters free of ``.get`` chains. The indexes built from these views live in ``state.py``.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-import re
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from fnmatch import translate
 from typing import Any
 
-from controlplane.scheduler.ordered import SortedKeys
-from controlplane.scheduler.scores import MachineKey, machine_order_key
-
-SPREAD_REQUIRED = "required"
-SPREAD_PREFERRED = "preferred"
-SPREAD_NONE = "none"
+from controlplane.model import DEFAULT_PROTOCOL, DEFAULT_REPLICAS, DEFAULT_SPREAD
 
 HostPort = tuple[int, str]
 
@@ -71,9 +54,9 @@ class MachineView:
 @dataclass(frozen=True, slots=True)
 class UnitView:
     name: str
-    replicas: int = 1
+    replicas: int = DEFAULT_REPLICAS
     is_global: bool = False
-    spread: str = SPREAD_REQUIRED
+    spread: str = DEFAULT_SPREAD
     conflicts: tuple[str, ...] = ()
     # keys sorted, values in the user's order: keys ANDed, values ORed
     machine_metadata: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -98,12 +81,12 @@ class UnitView:
         for port in spec.get("ports") or ():
             host_port = int(_dict(port).get("hostPort") or 0)
             if host_port:
-                ports.append((host_port, str(_dict(port).get("protocol") or "tcp").lower()))
+                ports.append((host_port, str(_dict(port).get("protocol") or DEFAULT_PROTOCOL).lower()))
         return cls(
             name=str(meta.get("name", "")),
-            replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),
+            replicas=int(spec["replicas"] if spec.get("replicas") is not None else DEFAULT_REPLICAS),
             is_global=bool(spec.get("global", False)),
-            spread=str(placement.get("spread") or SPREAD_REQUIRED),
+            spread=str(placement.get("spread") or DEFAULT_SPREAD),
             conflicts=tuple(str(c) for c in placement.get("conflicts") or ()),
             machine_metadata=tuple(metadata),
             machine_of=str(placement.get("machineOf") or ""),
@@ -139,297 +122,3 @@ class InstanceView:
             ready=bool(status.get("ready", False)),
             generation=int(spec.get("generation") or 0),
         )
-
-
-def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns))
-
-
-class ClusterState:
-    """Machines, units and instances with the indexes placement reads, updated incrementally.
-
-    ``version`` changes on every mutation, so callers can cache answers (the scheduler caches
-    "nothing fits unit X" until something changes).
-    """
-
-    def __init__(self) -> None:
-        self.machines: dict[str, MachineView] = {}
-        self.units: dict[str, UnitView] = {}
-        self.instances: dict[str, InstanceView] = {}
-        # per machine name (kept for machines that left while instances are still bound there)
-        self.count: Counter[str] = Counter()
-        self.units_on: dict[str, Counter[str]] = {}
-        self.used_cpu: dict[str, float] = {}
-        self.used_memory: dict[str, float] = {}
-        self.ports_on: dict[str, Counter[HostPort]] = {}
-        # per unit name
-        self.machines_of: dict[str, Counter[str]] = {}
-        # unit -> {k: number of machines running exactly k of its instances}, k >= 1
-        self.unit_levels: dict[str, Counter[int]] = {}
-        self.schedulable_hosts: Counter[str] = Counter()  # unit -> Ready, schedulable machines running it
-        self.instances_of: dict[str, set[str]] = {}
-        # Ready and schedulable machines, by score (see scores.machine_order_key): all of them,
-        # and per (label key, value), so a unit asking for role=db walks only role=db machines
-        self.order: SortedKeys[MachineKey] = SortedKeys()
-        self.label_order: dict[tuple[str, str], SortedKeys[MachineKey]] = {}
-        self._keys: dict[str, MachineKey] = {}
-        self.version = 0
-        self.units_version = 0
-        self.machines_version = 0
-        self._pattern_units: dict[str, re.Pattern[str]] = {}
-        self._partners: dict[str, frozenset[str]] = {}
-
-    @classmethod
-    def from_dicts(
-        cls,
-        machines: Iterable[Mapping[str, Any]],
-        units: Iterable[Mapping[str, Any]],
-        instances: Iterable[Mapping[str, Any]],
-    ) -> ClusterState:
-        state = cls()
-        for m in machines:
-            state.upsert_machine(MachineView.from_dict(m))
-        for u in units:
-            state.upsert_unit(UnitView.from_dict(u))
-        for i in instances:
-            state.upsert_instance(InstanceView.from_dict(i))
-        return state
-
-    # ---- machines -------------------------------------------------------------------------
-
-    def upsert_machine(self, machine: MachineView) -> None:
-        self._unorder(machine.name)
-        self.machines[machine.name] = machine
-        self._reorder(machine.name)
-        self.version += 1
-        self.machines_version += 1
-
-    def remove_machine(self, name: str) -> None:
-        """Forget a machine. Instances bound to it keep their binding (and their accounting)
-        until the caller unbinds or rebinds them."""
-        if name not in self.machines:
-            return
-        self._unorder(name)
-        del self.machines[name]
-        self.version += 1
-        self.machines_version += 1
-
-    def schedulable(self, name: str) -> bool:
-        machine = self.machines.get(name)
-        return machine is not None and machine.ready and machine.schedulable
-
-    def key_of(self, name: str) -> MachineKey:
-        machine = self.machines[name]
-        return machine_order_key(
-            machine,
-            count=self.count[name],
-            used_cpu=self.used_cpu.get(name, 0.0),
-            used_memory=self.used_memory.get(name, 0.0),
-        )
-
-    def _unorder(self, name: str, *, rekey: bool = False) -> None:
-        old = self._keys.pop(name, None)
-        if old is not None:
-            self.order.remove(old)
-            for item in self.machines[name].labels.items():
-                self.label_order[item].remove(old)
-            if not rekey:
-                for unit in self.units_on.get(name, ()):
-                    self.schedulable_hosts[unit] -= 1
-
-    def _reorder(self, name: str, *, rekey: bool = False) -> None:
-        """(Re-)key machine ``name`` in the score orders (1 + its label count SortedKeys updates).
-        ``rekey``: the machine stays in the orders (a binding changed), only its key moves."""
-        self._unorder(name, rekey=rekey)
-        if self.schedulable(name):
-            key = self.key_of(name)
-            self._keys[name] = key
-            self.order.add(key)
-            for item in self.machines[name].labels.items():
-                order = self.label_order.get(item)
-                if order is None:
-                    order = self.label_order[item] = SortedKeys()
-                order.add(key)
-            if not rekey:
-                for unit in self.units_on.get(name, ()):
-                    self.schedulable_hosts[unit] += 1
-
-    def ordered_machines(self) -> Iterator[str]:
-        """Ready, schedulable machines, best score first. Do not mutate while iterating."""
-        for key in self.order:
-            yield key[-1]
-
-    def ordered_with_labels(self, metadata: tuple[tuple[str, tuple[str, ...]], ...]) -> Iterator[str]:
-        """Ready, schedulable machines carrying one of the values of the most selective key of
-        ``metadata`` (fleet's MachineMetadata), best score first. The other keys are left to the
-        filter. Merging the per-value orders costs O(log values) per machine yielded."""
-        best: list[SortedKeys[MachineKey]] | None = None
-        best_size = 0
-        for key, values in metadata:
-            orders = [o for v in values if (o := self.label_order.get((key, v)))]
-            size = sum(len(o) for o in orders)
-            if best is None or size < best_size:
-                best, best_size = orders, size
-        if best is None:
-            yield from self.ordered_machines()
-        elif len(best) == 1:
-            for machine_key in best[0]:
-                yield machine_key[-1]
-        else:  # one value per key on a machine, so the merged orders never repeat a machine
-            for machine_key in heapq.merge(*best):
-                yield machine_key[-1]
-
-    # ---- units ----------------------------------------------------------------------------
-
-    def upsert_unit(self, unit: UnitView) -> None:
-        bound = [self.instances[n] for n in self.instances_of.get(unit.name, ()) if self.instances[n].machine]
-        for inst in bound:  # take the old demands off, put the new ones on
-            self._unaccount(inst)
-        self.units[unit.name] = unit
-        for inst in bound:
-            self._account(inst)
-        self._units_changed(unit.name, unit)
-
-    def remove_unit(self, name: str) -> None:
-        """Forget a unit. Its bound instances stay on their machines, now with no demands."""
-        if name not in self.units:
-            return
-        bound = [self.instances[n] for n in self.instances_of.get(name, ()) if self.instances[n].machine]
-        for inst in bound:
-            self._unaccount(inst)
-        del self.units[name]
-        for inst in bound:
-            self._account(inst)
-        self._units_changed(name, None)
-
-    def _units_changed(self, name: str, unit: UnitView | None) -> None:
-        matcher = _matcher(unit.conflicts) if unit is not None else None
-        if matcher is None:
-            self._pattern_units.pop(name, None)
-        else:
-            self._pattern_units[name] = matcher
-        self._partners.clear()
-        self.version += 1
-        self.units_version += 1
-
-    def conflicts(self, a: str, b: str) -> bool:
-        """Whether units ``a`` and ``b`` may not share a machine: either one's ``conflicts``
-        globs match the other's name (fleet checks both ways). A unit never conflicts with itself
-        here; ``spread`` decides that."""
-        ma, mb = self._pattern_units.get(a), self._pattern_units.get(b)
-        return a != b and bool((ma is not None and ma.fullmatch(b)) or (mb is not None and mb.fullmatch(a)))
-
-    def conflict_partners(self, unit: str) -> frozenset[str]:
-        """Every known unit name (units, and units of bound instances) that ``unit`` conflicts
-        with. Computed once per unit until units change or a new unit name gets bound: O(units)
-        for a unit with globs, O(units with globs) for the others."""
-        partners = self._partners.get(unit)
-        if partners is None:
-            found = {n for n, m in self._pattern_units.items() if n != unit and m.fullmatch(unit)}
-            own = self._pattern_units.get(unit)
-            if own is not None:
-                names = self.units.keys() | self.machines_of.keys()
-                found.update(n for n in names if n != unit and own.fullmatch(n))
-            partners = self._partners[unit] = frozenset(found)
-        return partners
-
-    # ---- instances ------------------------------------------------------------------------
-
-    def upsert_instance(self, inst: InstanceView) -> None:
-        old = self.instances.get(inst.name)
-        if old is not None:
-            if old.machine:
-                self._unaccount(old)
-            if old.unit != inst.unit:
-                self.instances_of[old.unit].discard(old.name)
-        self.instances[inst.name] = inst
-        self.instances_of.setdefault(inst.unit, set()).add(inst.name)
-        if inst.machine:
-            self._account(inst)
-        self.version += 1
-
-    def remove_instance(self, name: str) -> None:
-        old = self.instances.pop(name, None)
-        if old is None:
-            return
-        if old.machine:
-            self._unaccount(old)
-        self.instances_of[old.unit].discard(name)
-        self.version += 1
-
-    def bind(self, name: str, machine: str) -> InstanceView:
-        inst = self.instances[name]
-        if inst.machine == machine:
-            return inst
-        if inst.machine:
-            self._unaccount(inst)
-        new = InstanceView(
-            name=inst.name,
-            unit=inst.unit,
-            index=inst.index,
-            machine=machine,
-            epoch=inst.epoch,
-            phase=inst.phase,
-            ready=inst.ready,
-            generation=inst.generation,
-        )
-        self.instances[name] = new
-        if machine:
-            self._account(new)
-        self.version += 1
-        return new
-
-    def unbind(self, name: str) -> InstanceView:
-        return self.bind(name, "")
-
-    def _account(self, inst: InstanceView, sign: int = 1) -> None:
-        m = inst.machine
-        unit = self.units.get(inst.unit)
-        self.count[m] += sign
-        on = self.units_on.setdefault(m, Counter())
-        on[inst.unit] += sign
-        if on[inst.unit] <= 0:
-            del on[inst.unit]
-        of = self.machines_of.get(inst.unit)
-        if of is None:  # a unit name never bound before: someone's globs may match it
-            of = self.machines_of[inst.unit] = Counter()
-            self._partners.clear()
-        before = of[m]
-        of[m] += sign
-        if of[m] <= 0:
-            del of[m]
-        levels = self.unit_levels.setdefault(inst.unit, Counter())
-        if before:
-            levels[before] -= 1
-            if levels[before] <= 0:
-                del levels[before]
-        if before + sign:
-            levels[before + sign] += 1
-        if unit is not None:
-            if unit.cpu:
-                self.used_cpu[m] = self.used_cpu.get(m, 0.0) + sign * unit.cpu
-            if unit.memory_mb:
-                self.used_memory[m] = self.used_memory.get(m, 0.0) + sign * unit.memory_mb
-            if unit.host_ports:
-                ports = self.ports_on.setdefault(m, Counter())
-                for hp in unit.host_ports:
-                    ports[hp] += sign
-                    if ports[hp] <= 0:
-                        del ports[hp]
-        if m in self._keys:
-            if not before or not before + sign:  # the unit arrived on or left a schedulable machine
-                self.schedulable_hosts[inst.unit] += 1 if before == 0 else -1
-            self._reorder(m, rekey=True)
-
-    def _unaccount(self, inst: InstanceView) -> None:
-        self._account(inst, -1)
-
-    def schedulable_hosts_of(self, unit: str) -> int:
-        """How many Ready, schedulable machines run at least one instance of ``unit``."""
-        return self.schedulable_hosts[unit]
-
-    def unit_count_on(self, unit: str, machine: str) -> int:
-        on = self.units_on.get(machine)
-        return on.get(unit, 0) if on else 0

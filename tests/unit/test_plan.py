@@ -6,7 +6,19 @@ from typing import Any
 
 import pytest
 
-from controlplane.controllers.plan import Action, plan_unit, unit_status
+from controlplane.controllers import plan
+from controlplane.controllers.plan import Action
+from controlplane.scheduler.view import InstanceView, MachineView, UnitView
+
+
+def plan_unit(u: dict[str, Any], instances: list[dict[str, Any]], machines: list[dict[str, Any]]) -> list[Action]:
+    """``plan.plan_unit`` over wire dicts: the leader's pass parses each object into its view once."""
+    return plan.plan_unit(UnitView.from_dict(u), [InstanceView.from_dict(i) for i in instances],
+                          [MachineView.from_dict(m) for m in machines])
+
+
+def unit_status(u: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, int]:
+    return plan.unit_status(UnitView.from_dict(u), [InstanceView.from_dict(i) for i in instances])
 
 
 def unit(name: str = "web", *, replicas: int = 2, generation: int = 1, glob: bool = False, **placement: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from controlplane.controllers.cluster import new_instance, plan_cluster
+from controlplane.controllers.cluster import WriteOp, plan_cluster
+from controlplane.model import new_instance
 
 
 def machine(name: str) -> dict[str, Any]:
@@ -27,15 +28,18 @@ def test_scaling_up_keeps_existing_instances_and_adds_one() -> None:
     machines = [machine("m1"), machine("m2"), machine("m3")]
     old = [running(new_instance(unit(generation=1, replicas=2), f"web-{i}", i, f"m{i + 1}")) for i in range(2)]
     plan = plan_cluster(machines, [unit(generation=2, replicas=3)], old, [], {"m1", "m2", "m3"})
-    assert plan.replaces == []
-    assert [c["metadata"]["name"] for c in plan.creates] == ["web-2"]
-    assert plan.creates[0]["spec"]["machine"] == "m3"
+    assert plan.of(WriteOp.REPLACE_INSTANCE) == []
+    [create] = plan.of(WriteOp.CREATE_INSTANCE)
+    assert (create.target, create.reason) == ("web-2", "scale up to 3 replicas (2 exist)")
+    assert create.instance is not None and create.instance["spec"]["machine"] == "m3"
 
 
 def test_changing_the_image_rolls_one_instance_at_a_time() -> None:
     machines = [machine("m1"), machine("m2"), machine("m3")]
     old = [running(new_instance(unit(generation=1, replicas=2), f"web-{i}", i, f"m{i + 1}")) for i in range(2)]
     plan = plan_cluster(machines, [unit(generation=2, replicas=2, image="local/web:2")], old, [], {"m1", "m2", "m3"})
-    assert [r["metadata"]["name"] for r in plan.replaces] == ["web-0"]
-    assert plan.replaces[0]["spec"]["template"]["image"] == "local/web:2"
-    assert plan.replaces[0]["spec"]["epoch"] == 2
+    [replace] = plan.of(WriteOp.REPLACE_INSTANCE)
+    assert (replace.target, replace.reason) == ("web-0", "generation 1 -> 2")
+    assert replace.instance is not None
+    assert replace.instance["spec"]["template"]["image"] == "local/web:2"
+    assert replace.instance["spec"]["epoch"] == 2

@@ -8,7 +8,8 @@ import pytest
 
 from controlplane.scheduler import filters as f
 from controlplane.scheduler.rules import placement_causes
-from controlplane.scheduler.view import ClusterState, MachineView, UnitView
+from controlplane.scheduler.state import ClusterState
+from controlplane.scheduler.view import MachineView, UnitView
 
 
 def machine(
@@ -182,32 +183,26 @@ def test_every_filter_has_a_distinct_reason_code() -> None:
     assert all(codes) and len(codes) == len(set(codes))
 
 
-# (case id, unit spec, expected causes)
+# (case id, unit spec, expected causes); the messages are the API's 422 causes (fields relative to the spec)
+PIN = ("placement.machine", "machine (a pin) cannot be combined with conflicts, machineOf or global")
 REFUSED: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
     ("plain", {"image": "x"}, []),
     ("every rule but the refused ones",
      {"placement": {"conflicts": ["db*"], "machineOf": "cache", "machineMetadata": {"role": ["web"]}}}, []),
     ("machine alone", {"placement": {"machine": "m1", "machineMetadata": {"role": ["web"]}}}, []),
-    ("machine + conflicts", {"placement": {"machine": "m1", "conflicts": ["db*"]}},
-     [("spec.placement.machine", "may not be combined with spec.placement.conflicts")]),
+    ("machine + conflicts", {"placement": {"machine": "m1", "conflicts": ["db*"]}}, [PIN]),
     ("machine + empty conflicts", {"placement": {"machine": "m1", "conflicts": []}}, []),
-    ("machine + machineOf", {"placement": {"machine": "m1", "machineOf": "cache"}},
-     [("spec.placement.machine", "may not be combined with spec.placement.machineOf")]),
-    ("machine + global", {"global": True, "placement": {"machine": "m1"}},
-     [("spec.placement.machine", "may not be combined with spec.global")]),
+    ("machine + machineOf", {"placement": {"machine": "m1", "machineOf": "cache"}}, [PIN]),
+    ("machine + global", {"global": True, "placement": {"machine": "m1"}}, [PIN]),
     ("global + machineOf", {"global": True, "placement": {"machineOf": "cache"}},
-     [("spec.placement.machineOf", "may not be combined with spec.global")]),
+     [("placement.machineOf", "machineOf cannot be combined with global")]),
     ("global + conflicts is fine", {"global": True, "placement": {"conflicts": ["db*"]}}, []),
     ("machineOf matched by own conflicts", {"placement": {"machineOf": "cache", "conflicts": ["web", "ca*"]}},
-     [("spec.placement.machineOf",
-       "'cache' is matched by spec.placement.conflicts 'ca*': the unit could never be placed")]),
+     [("placement.machineOf", "machineOf 'cache' is matched by this unit's own conflicts")]),
     ("everything at once", {"global": True, "placement": {"machine": "m1", "machineOf": "db", "conflicts": ["d*"]}},
-     [("spec.placement.machine", "may not be combined with spec.placement.conflicts"),
-      ("spec.placement.machine", "may not be combined with spec.placement.machineOf"),
-      ("spec.placement.machine", "may not be combined with spec.global"),
-      ("spec.placement.machineOf", "may not be combined with spec.global"),
-      ("spec.placement.machineOf",
-       "'db' is matched by spec.placement.conflicts 'd*': the unit could never be placed")]),
+     [PIN,
+      ("placement.machineOf", "machineOf cannot be combined with global"),
+      ("placement.machineOf", "machineOf 'db' is matched by this unit's own conflicts")]),
 ]
 
 
