@@ -14,8 +14,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
-from controlplane.registry import HAS_STATUS, RESOURCES
-from controlplane.schemas import ENV_NAME, LABEL_KEY, LABEL_VALUE, SCHEMAS, ScaleSchema, StatusSchema
+from controlplane.model import HAS_STATUS, RESOURCES
+from controlplane.schema_errors import StatusSchema
+from controlplane.schemas import SCHEMAS, ScaleSchema
+from controlplane.validators import ENV_NAME, LABEL_KEY, LABEL_VALUE
 
 ERRORS = {
     "400": "BadRequest: malformed JSON, not UTF-8, or a bad query parameter",

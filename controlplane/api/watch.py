@@ -17,7 +17,7 @@ from aiohttp import web
 from controlplane.api.state import BOOKMARK_SECONDS as BOOKMARK_KEY
 from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
-from controlplane.registry import RESOURCES
+from controlplane.model import API_VERSION, RESOURCES
 from controlplane.selectors import parse_field_selector, parse_label_selector
 
 BOOKMARK_SECONDS = 5.0
@@ -28,7 +28,7 @@ def _line(event_type: str, obj: dict[str, Any]) -> bytes:
 
 
 def _bookmark(kind: str, revision: int) -> bytes:
-    return _line("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(revision)}})
+    return _line("BOOKMARK", {"kind": kind, "apiVersion": API_VERSION, "metadata": {"resourceVersion": str(revision)}})
 
 
 async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse:
