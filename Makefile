@@ -43,8 +43,10 @@ images: deps
 	@deploy/images/build-local
 
 lint: venv
-	$(BIN)/ruff check controlplane agent tests bench
+	$(BIN)/ruff check controlplane agent tests bench tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python tools/check_shape.py controlplane agent
 
 test: deps images lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -62,4 +64,4 @@ demo-down: venv
 	$(BIN)/cpctl dev down
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

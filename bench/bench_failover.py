@@ -68,7 +68,7 @@ async def etcd_lease_expiry(url: str, ttl: int, count: int = 20) -> list[float]:
 
 def watch_presence_deletes(url: str, prefix: str, deletes: dict[str, float], ready: threading.Event) -> None:
     """In a thread of its own: note when each presence key is deleted (its lease expired)."""
-    from controlplane.api.machines import PRESENCE_PREFIX
+    from controlplane.model import PRESENCE_PREFIX
     from controlplane.store import open_store
 
     async def follow() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -24,9 +24,9 @@ from urllib.parse import quote
 import aiohttp
 
 from controlplane.errors import BY_REASON, CPError, Gone, InternalError, ServiceUnavailable, from_status
+from controlplane.model import API_VERSION
 
-API_PREFIX = "/api/v1"
-RESOURCES = ("machines", "units", "instances", "endpoints", "events")
+API_PREFIX = f"/api/{API_VERSION}"
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_PAGE = 500
@@ -212,11 +212,11 @@ class Client:
         result: dict[str, Any] = await self.request("GET", self.object_path(resource, name))
         return result
 
-    async def create(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", self.object_path(resource), body=obj)
         return result
 
-    async def replace(self, resource: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+    async def replace(self, resource: str, name: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("PUT", self.object_path(resource, name), body=obj)
         return result
 
@@ -231,7 +231,7 @@ class Client:
         result: dict[str, Any] = await self.request("DELETE", self.object_path(resource, name))
         return result
 
-    async def put_status(self, resource: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+    async def put_status(self, resource: str, name: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("PUT", self.object_path(resource, name, "status"), body=obj)
         return result
 
@@ -240,7 +240,7 @@ class Client:
         return result
 
     async def put_scale(self, name: str, replicas: int) -> dict[str, Any]:
-        body = {"apiVersion": "v1", "kind": "Scale", "metadata": {"name": name}, "spec": {"replicas": replicas}}
+        body = {"apiVersion": API_VERSION, "kind": "Scale", "metadata": {"name": name}, "spec": {"replicas": replicas}}
         result: dict[str, Any] = await self.request("PUT", self.object_path("units", name, "scale"), body=body)
         return result
 

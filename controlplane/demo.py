@@ -157,15 +157,45 @@ def converged(state: devlib.DevState, victim: str) -> bool:
     return True
 
 
+@dataclass
+class Entry:
+    """Where the demo's client comes in: a machine other than the victim, through its edge."""
+
+    victim: str  # the machine that runs web-0, killed in step 4
+    machine: str
+    address: str
+    url: str
+
+
+@dataclass
+class Switch:
+    """What the client saw around the kill: its results, when the kill was, when it converged."""
+
+    load: Load
+    killed_at: float
+    done_at: float | None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m controlplane.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--down", action="store_true", help="tear the cluster down at the end")
     parser.add_argument("--machines", type=int, default=4)
     args = parser.parse_args(argv)
     started = time.monotonic()
+    state = start_cluster(args.machines)
+    step(2, "The scenario: a web app, a load balancer in front of it, an edge proxy on every machine")
+    for command in SCENARIO:
+        cpctl(*command)
+    entry = show_placement(state)
+    switch = kill_and_watch(state, entry)
+    report(state, entry, switch, started)
+    return next_steps(entry, switch, down=args.down)
 
-    step(1, f"A local cluster: etcd, the API server and {args.machines} machines (agents), all on this host")
-    cpctl("dev", "up", "--machines", str(args.machines))
+
+def start_cluster(machines: int) -> devlib.DevState:
+    """Step 1: ``cpctl dev up``, without the units an earlier demo left."""
+    step(1, f"A local cluster: etcd, the API server and {machines} machines (agents), all on this host")
+    cpctl("dev", "up", "--machines", str(machines))
     state = devlib.DevState.load(devlib.resolve_state_dir(None))
     if state is None:
         raise SystemExit("demo: dev up left no state behind")
@@ -176,18 +206,18 @@ def main(argv: list[str] | None = None) -> int:
             if unit in existing:
                 cpctl("delete", "unit", unit, "--wait", quiet=True)
     cpctl("list-machines")
+    return state
 
-    step(2, "The scenario: a web app, a load balancer in front of it, an edge proxy on every machine")
-    for command in SCENARIO:
-        cpctl(*command)
 
+def show_placement(state: devlib.DevState) -> Entry:
+    """Step 3: the placement table and a few requests through the edge of a machine that survives."""
     step(3, "Where everything landed")
     rows = placement(state)
     print_table(rows, state.machine_states())
     victim = next(r["machine"] for r in rows if r["name"] == "web-0")
-    entry = next(m for m in state.machines if m != victim)
-    entry_address = f"127.0.1.{entry[1:]}"
-    url = f"http://{entry_address}:{EDGE_PORT}/"
+    machine = next(m for m in state.machines if m != victim)
+    address = f"127.0.1.{machine[1:]}"
+    url = f"http://{address}:{EDGE_PORT}/"
     say()
     say("  A request for someapp.mywebsite.com goes: edge (every machine, port 8088) -> web-lb -> web.")
     say(f"  Try it yourself:  {BOLD}curl -H 'Host: {HOST}' {url}{RESET}")
@@ -200,9 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             status, body = get(url)
         say(f"  -> {status}  answered by {who_answered(body)}")
+    return Entry(victim=victim, machine=machine, address=address, url=url)
 
-    step(4, f"Machine {victim} (it runs web-0) dies, while a client requests {url} every 20 ms")
-    load = Load(url)
+
+def kill_and_watch(state: devlib.DevState, entry: Entry) -> Switch:
+    """Step 4: kill the victim under load and print a snapshot whenever the placement changes."""
+    victim = entry.victim
+    step(4, f"Machine {victim} (it runs web-0) dies, while a client requests {entry.url} every 20 ms")
+    load = Load(entry.url)
     load.start()
     time.sleep(1.0)
     agent_pid = state.agent(victim).pid
@@ -232,13 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {RED}not converged after 60 s: see `cpctl dev status` and the logs{RESET}")
     time.sleep(3.0)  # keep the client going a little after convergence
     load.stop()
+    return Switch(load=load, killed_at=killed_at, done_at=done_at)
 
+
+def report(state: devlib.DevState, entry: Entry, switch: Switch, started: float) -> None:
+    """Step 5: how many requests failed during the switch, and who answers after it."""
     step(5, "What the client saw")
+    load, killed_at, done_at = switch.load, switch.killed_at, switch.done_at
     total = len(load.results)
     during = [r for r in load.results if r[0] >= killed_at and (done_at is None or r[0] <= done_at)]
     after = [r for r in load.results if done_at is not None and r[0] > done_at]
     failures = load.failures(killed_at)
-    say(f"  {total} requests through the edge on {entry} ({entry_address}:{EDGE_PORT}), one every 20 ms")
+    say(f"  {total} requests through the edge on {entry.machine} ({entry.address}:{EDGE_PORT}), one every 20 ms")
     say(f"  during the switch ({(done_at or time.monotonic()) - killed_at:.1f} s from the kill to convergence): "
         f"{len(during)} requests, {BOLD}{len([r for r in during if r[1] != 200])} failed{RESET}")
     if failures:
@@ -254,17 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     say()
     say(f"  (took {time.monotonic() - started:.0f} s in all)")
 
+
+def next_steps(entry: Entry, switch: Switch, *, down: bool) -> int:
+    """Step 6: tear down (``--down``) or say how to look around; the exit status."""
     step(6, "Next")
-    if args.down:
+    if down:
         cpctl("dev", "down")
-        return 0 if not failures or done_at else 1
+        return 0 if not switch.load.failures(switch.killed_at) or switch.done_at else 1
+    victim = entry.victim
     say(f"  The cluster is still up ({victim} stays dead). Look around:")
     say("    cpctl list-units  |  cpctl get instances -o wide  |  cpctl describe unit web  |  cpctl get events")
     say(f"    cpctl dev up       # brings {victim} back (restarts the dead agent)")
     say("    cpctl dev status   # processes, pids, logs, machines")
     say(f"  Tear everything down (processes, containers, state folder):  {BOLD}cpctl dev down{RESET}"
         "   (or: make demo-down)")
-    return 0 if done_at else 1
+    return 0 if switch.done_at else 1
 
 
 if __name__ == "__main__":

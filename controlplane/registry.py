@@ -13,49 +13,25 @@ import asyncio
 import base64
 import binascii
 import copy
-import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from controlplane.errors import AlreadyExists, BadRequest, Conflict, NotFound
+from controlplane.model import (
+    API_VERSION,
+    HAS_STATUS,
+    RESOURCES,
+    SPEC_FIELDS,
+    now_rfc3339,
+)
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
 from controlplane.watchcache import WatchCache, decode
 
 JsonList = list[dict[str, Any]]
-
-# resource (URL plural) -> kind
-RESOURCES: dict[str, str] = {
-    "machines": "Machine",
-    "units": "Unit",
-    "instances": "Instance",
-    "endpoints": "Endpoints",
-    "events": "Event",
-}
-KIND_TO_RESOURCE = {kind: resource for resource, kind in RESOURCES.items()}
-# the part of an object whose change bumps metadata.generation
-SPEC_FIELDS: dict[str, tuple[str, ...]] = {
-    "Machine": ("spec",),
-    "Unit": ("spec",),
-    "Instance": ("spec",),
-    "Endpoints": ("endpoints",),
-    "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
-}
-HAS_STATUS = {"Machine", "Unit", "Instance"}
-
-
-def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
-    return dt.datetime.fromtimestamp(clock(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def event_object(kind: str, name: str, *, type_: str, reason: str, message: str) -> dict[str, Any]:
-    """A new Event about object ``kind/name``, with a unique DNS-label name derived from it."""
-    return {"metadata": {"name": f"{name[:50]}-{uuid.uuid4().hex[:8]}", "labels": {}, "annotations": {}},
-            "type": type_, "reason": reason, "involvedObject": {"kind": kind, "name": name},
-            "message": message[:1000], "timestamp": now_rfc3339(), "count": 1}
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -180,29 +156,29 @@ class Registry:
     async def _settle(self, resource: str, revision: int) -> None:
         await self.caches[resource].wait_for(revision)
 
-    async def create(self, resource: str, obj: dict[str, Any], *, lease: int = 0) -> dict[str, Any]:
+    async def create(self, resource: str, obj: Mapping[str, Any], *, lease: int = 0) -> dict[str, Any]:
         kind = RESOURCES[resource]
-        obj = self._stamp_new(resource, obj)
-        meta = obj["metadata"]
+        new = self._stamp_new(resource, obj)
+        meta = new["metadata"]
         name = meta["name"]
         try:
-            revision = await self._timed("create", self.store.create(object_key(resource, name), encode(obj), lease=lease))
+            revision = await self._timed("create", self.store.create(object_key(resource, name), encode(new), lease=lease))
         except AlreadyExists as err:
             raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name) from err
         await self._settle(resource, revision)
         meta["resourceVersion"] = str(revision)
-        return obj
+        return new
 
-    def _stamp_new(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def _stamp_new(self, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         # only the top level and metadata are changed here: copying those is enough
-        obj = {**obj, "metadata": dict(obj.get("metadata") or {})}
-        meta = obj["metadata"]
+        stamped = {**obj, "metadata": dict(obj.get("metadata") or {})}
+        meta = stamped["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339(self.clock)
         meta["generation"] = 1
         meta.pop("resourceVersion", None)
-        obj["kind"], obj["apiVersion"] = RESOURCES[resource], "v1"
-        return obj
+        stamped["kind"], stamped["apiVersion"] = RESOURCES[resource], API_VERSION
+        return stamped
 
     async def create_many(self, resource: str, objs: JsonList, *, batch: int = 64) -> int:
         """Create many objects in transactions of ``batch`` (the controllers' bulk path: 10,000 instances
@@ -261,7 +237,7 @@ class Registry:
         carry_metadata(kind, current, new)
         if kind in HAS_STATUS:
             new["status"] = copy.deepcopy(current.get("status"))
-        new["kind"], new["apiVersion"] = kind, "v1"
+        new["kind"], new["apiVersion"] = kind, API_VERSION
         return new
 
     async def _write(self, resource: str, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -3,63 +3,49 @@
 The same schemas feed the OpenAPI document (controlplane/api/openapi.py), so what the
 server accepts and what the spec says cannot drift apart. ``load_object`` is the one
 entry point: it returns a defaulted object or raises ``Invalid`` with one cause per
-bad field, so nothing a user typed wrong reaches etcd half-written.
+bad field, so nothing a user typed wrong reaches etcd half-written. The defaults and
+choices come from ``controlplane.model``, the field rules from ``controlplane.validators``, and
+the error side (the Status schema, marshmallow errors as Invalid) from ``controlplane.schema_errors``.
 """
 
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from controlplane.errors import Cause, Invalid
+from controlplane.model import (
+    API_VERSION,
+    DEFAULT_PROTOCOL,
+    DEFAULT_PROXY_PORT,
+    DEFAULT_REPLICAS,
+    DEFAULT_RESTART_POLICY,
+    DEFAULT_SPREAD,
+    MACHINE_STATES,
+    PHASES,
+    PROTOCOLS,
+    PROXY_KINDS,
+    RESTART_POLICIES,
+    SPREADS,
+)
 from controlplane.scheduler.rules import placement_causes
-
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_LABEL_MESSAGE = "must be a DNS-1123 label: lower case letters, digits and '-', at most 63 characters"
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-GLOB = re.compile(r"^[a-z0-9*?\[\]!-]{1,63}$")
-HTTP_PATH = re.compile(r"^/[\x21-\x7e]*$")
-PORT = validate.Range(min=1, max=65535)
-
-
-# JSON-schema (ECMA) forms of the patterns above, for the OpenAPI document; the validators use
-# fullmatch, so a trailing newline never slips through Python's ``$``.
-DNS_LABEL_SPEC = {"pattern": DNS_LABEL.pattern, "maxLength": 63}
-DNS_LABEL_OR_EMPTY_SPEC = {"pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", "maxLength": 63}
-
-
-def _dns_label(value: str) -> None:
-    if len(value) > 63 or not DNS_LABEL.fullmatch(value):
-        raise ValidationError(DNS_LABEL_MESSAGE)
-
-
-def _dns_label_or_empty(value: str) -> None:
-    if value:
-        _dns_label(value)
-
-
-def _labels(value: dict[str, str]) -> None:
-    for key, val in value.items():
-        if len(key) > 253 or not LABEL_KEY.fullmatch(key):
-            raise ValidationError(f"label key {key!r} is not a qualified name")
-        if len(val) > 63 or not LABEL_VALUE.fullmatch(val):
-            raise ValidationError(f"label value {val!r} for {key!r} is not a valid label value")
-
-
-def _env(value: dict[str, str]) -> None:
-    for key in value:
-        if not ENV_NAME.fullmatch(key):
-            raise ValidationError(f"environment variable name {key!r} is not a valid C identifier")
-
-
-def _glob(value: str) -> None:
-    if not GLOB.fullmatch(value):
-        raise ValidationError(f"{value!r} is not a unit name glob (a-z, 0-9, '-', '*', '?', '[...]')")
+from controlplane.schema_errors import invalid_from
+from controlplane.validators import (
+    DNS_LABEL_OR_EMPTY_SPEC,
+    DNS_LABEL_SPEC,
+    GLOB,
+    HTTP_PATH,
+    LABEL_KEY,
+    PORT,
+    FullMatch,
+    dns_label,
+    dns_label_or_empty,
+    env_names,
+    label_map,
+    unit_glob,
+)
 
 
 @functools.cache
@@ -70,35 +56,25 @@ def instance(cls: type[Schema]) -> Schema:
     return cls()
 
 
-class FullMatch(validate.Regexp):
-    """``validate.Regexp`` that matches the whole string (Python's ``$`` also matches before a final
-    newline, so ``Regexp("^a$")`` would accept ``"a\\n"``)."""
-
-    def __call__(self, value: Any) -> Any:
-        if self.regex.fullmatch(value) is None:
-            raise ValidationError(self._format_error(value))
-        return value
-
-
 class Strict(Schema):
     class Meta:
         unknown = RAISE
 
 
 class ObjectMetaSchema(Strict):
-    name = fields.String(required=True, validate=_dns_label, metadata=DNS_LABEL_SPEC)
+    name = fields.String(required=True, validate=dns_label, metadata=DNS_LABEL_SPEC)
     uid = fields.String()
     resourceVersion = fields.String()
     generation = fields.Integer(strict=True)
     creationTimestamp = fields.String()
-    labels = fields.Dict(keys=fields.String(), values=fields.String(), validate=_labels, load_default=dict)
+    labels = fields.Dict(keys=fields.String(), values=fields.String(), validate=label_map, load_default=dict)
     annotations = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
 
 
 class PortSchema(Strict):
     containerPort = fields.Integer(required=True, strict=True, validate=PORT)
     hostPort = fields.Integer(strict=True, validate=validate.Range(min=0, max=65535), load_default=0)
-    protocol = fields.String(validate=validate.OneOf(["tcp", "udp"]), load_default="tcp")
+    protocol = fields.String(validate=validate.OneOf(PROTOCOLS), load_default=DEFAULT_PROTOCOL)
 
 
 class ResourcesSchema(Strict):
@@ -107,17 +83,17 @@ class ResourcesSchema(Strict):
 
 
 class PlacementSchema(Strict):
-    spread = fields.String(validate=validate.OneOf(["required", "preferred", "none"]), load_default="required")
+    spread = fields.String(validate=validate.OneOf(SPREADS), load_default=DEFAULT_SPREAD)
     conflicts = fields.List(
-        fields.String(validate=_glob, metadata={"pattern": GLOB.pattern}), load_default=list
+        fields.String(validate=unit_glob, metadata={"pattern": GLOB.pattern}), load_default=list
     )
     machineMetadata = fields.Dict(
         keys=fields.String(validate=FullMatch(LABEL_KEY, error="not a label key")),
         values=fields.List(fields.String(validate=validate.Length(min=1, max=63)), validate=validate.Length(min=1)),
         load_default=dict,
     )
-    machineOf = fields.String(validate=_dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
-    machine = fields.String(validate=_dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
+    machineOf = fields.String(validate=dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
+    machine = fields.String(validate=dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
 
 
 class HttpProbeSchema(Strict):
@@ -149,19 +125,19 @@ class HealthSchema(Strict):
 
 
 class ExposeSchema(Strict):
-    host = fields.String(required=True, validate=_dns_label, metadata=DNS_LABEL_SPEC)
+    host = fields.String(required=True, validate=dns_label, metadata=DNS_LABEL_SPEC)
     port = fields.Integer(strict=True, validate=PORT)
 
 
 class ProxySchema(Strict):
-    kind = fields.String(required=True, validate=validate.OneOf(["loadbalancer", "edge"]))
-    target = fields.String(validate=_dns_label, metadata=DNS_LABEL_SPEC)
+    kind = fields.String(required=True, validate=validate.OneOf(PROXY_KINDS))
+    target = fields.String(validate=dns_label, metadata=DNS_LABEL_SPEC)
     domain = fields.String(
         validate=FullMatch(
             r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$", error="must be a DNS domain"
         )
     )
-    port = fields.Integer(strict=True, validate=PORT, load_default=80)
+    port = fields.Integer(strict=True, validate=PORT, load_default=DEFAULT_PROXY_PORT)
 
     @validates_schema
     def kind_fields(self, data: dict[str, Any], **_: Any) -> None:
@@ -174,13 +150,13 @@ class ProxySchema(Strict):
 class UnitSpecSchema(Strict):
     image = fields.String(validate=validate.Length(min=1, max=512))
     command = fields.List(fields.String(), load_default=list)
-    env = fields.Dict(keys=fields.String(), values=fields.String(), validate=_env, load_default=dict)
+    env = fields.Dict(keys=fields.String(), values=fields.String(), validate=env_names, load_default=dict)
     ports = fields.List(fields.Nested(PortSchema), load_default=list)
-    replicas = fields.Integer(strict=True, validate=validate.Range(min=0, max=100000), load_default=1)
+    replicas = fields.Integer(strict=True, validate=validate.Range(min=0, max=100000), load_default=DEFAULT_REPLICAS)
     # "global" is a Python keyword: the attribute is global_, the wire name "global".
     global_ = fields.Boolean(data_key="global", load_default=False)
     resources = fields.Nested(ResourcesSchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
-    restartPolicy = fields.String(validate=validate.OneOf(["Always", "OnFailure", "Never"]), load_default="Always")
+    restartPolicy = fields.String(validate=validate.OneOf(RESTART_POLICIES), load_default=DEFAULT_RESTART_POLICY)
     placement = fields.Nested(PlacementSchema, load_default=lambda: instance(PlacementSchema).load({}))
     health = fields.Nested(HealthSchema)
     expose = fields.Nested(ExposeSchema)
@@ -230,7 +206,7 @@ class MachineSpecSchema(Strict):
 
 
 class MachineStatusSchema(Strict):
-    state = fields.String(validate=validate.OneOf(["Ready", "NotReady"]), load_default="NotReady")
+    state = fields.String(validate=validate.OneOf(MACHINE_STATES), load_default="NotReady")
     address = fields.String(load_default="")
     capacity = fields.Nested(CapacitySchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
     allocated = fields.Nested(CapacitySchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
@@ -242,19 +218,16 @@ class MachineStatusSchema(Strict):
 class HostPortSchema(Strict):
     containerPort = fields.Integer(required=True, strict=True, validate=PORT)
     hostPort = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=65535))
-    protocol = fields.String(validate=validate.OneOf(["tcp", "udp"]), load_default="tcp")
+    protocol = fields.String(validate=validate.OneOf(PROTOCOLS), load_default=DEFAULT_PROTOCOL)
 
 
 class InstanceSpecSchema(Strict):
-    unit = fields.String(required=True, validate=_dns_label, metadata=DNS_LABEL_SPEC)
+    unit = fields.String(required=True, validate=dns_label, metadata=DNS_LABEL_SPEC)
     index = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
-    machine = fields.String(validate=_dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
+    machine = fields.String(validate=dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
     epoch = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
     generation = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
     template = fields.Nested(UnitSpecSchema, load_default=None, allow_none=True)
-
-
-PHASES = ["Pending", "Starting", "Running", "Failed", "Stopped"]
 
 
 class InstanceStatusSchema(Strict):
@@ -288,7 +261,7 @@ class InvolvedObjectSchema(Strict):
 
 def _object_schema(kind: str, spec: type[Schema] | None, status: type[Schema] | None) -> type[Schema]:
     attrs: dict[str, Any] = {
-        "apiVersion": fields.String(validate=validate.Equal("v1"), load_default="v1"),
+        "apiVersion": fields.String(validate=validate.Equal(API_VERSION), load_default=API_VERSION),
         "kind": fields.String(validate=validate.Equal(kind), load_default=kind),
         "metadata": fields.Nested(ObjectMetaSchema, required=True),
     }
@@ -305,14 +278,14 @@ InstanceSchema = _object_schema("Instance", InstanceSpecSchema, InstanceStatusSc
 
 
 class EndpointsSchema(Strict):
-    apiVersion = fields.String(validate=validate.Equal("v1"), load_default="v1")
+    apiVersion = fields.String(validate=validate.Equal(API_VERSION), load_default=API_VERSION)
     kind = fields.String(validate=validate.Equal("Endpoints"), load_default="Endpoints")
     metadata = fields.Nested(ObjectMetaSchema, required=True)
     endpoints = fields.List(fields.Nested(EndpointAddressSchema), load_default=list)
 
 
 class EventSchema(Strict):
-    apiVersion = fields.String(validate=validate.Equal("v1"), load_default="v1")
+    apiVersion = fields.String(validate=validate.Equal(API_VERSION), load_default=API_VERSION)
     kind = fields.String(validate=validate.Equal("Event"), load_default="Event")
     metadata = fields.Nested(ObjectMetaSchema, required=True)
     type = fields.String(validate=validate.OneOf(["Normal", "Warning"]), load_default="Normal")
@@ -328,33 +301,11 @@ class ScaleSpecSchema(Strict):
 
 
 class ScaleSchema(Schema):
-    apiVersion = fields.String(load_default="v1")
+    apiVersion = fields.String(load_default=API_VERSION)
     kind = fields.String(load_default="Scale")
     metadata = fields.Dict()
     spec = fields.Nested(ScaleSpecSchema, required=True)
     status = fields.Dict()
-
-
-class StatusCauseSchema(Schema):
-    field = fields.String()
-    reason = fields.String()
-    message = fields.String()
-
-
-class StatusDetailsSchema(Schema):
-    kind = fields.String()
-    name = fields.String()
-    causes = fields.List(fields.Nested(StatusCauseSchema))
-
-
-class StatusSchema(Schema):
-    kind = fields.String(required=True)
-    apiVersion = fields.String(required=True)
-    status = fields.String(required=True)
-    code = fields.Integer(required=True)
-    reason = fields.String(required=True)
-    message = fields.String(required=True)
-    details = fields.Nested(StatusDetailsSchema)
 
 
 SCHEMAS: dict[str, type[Schema]] = {
@@ -371,42 +322,10 @@ STATUS_SCHEMAS: dict[str, type[Schema]] = {
 }
 
 
-def flatten_errors(messages: Any, prefix: str = "") -> list[Cause]:
-    """Turn marshmallow's nested error dict into one cause per field path (``spec.ports[0].containerPort``)."""
-    causes: list[Cause] = []
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            if isinstance(key, int):
-                path = f"{prefix}[{key}]"
-            elif key == "_schema":
-                path = prefix
-            else:
-                path = f"{prefix}.{key}" if prefix else str(key)
-            causes.extend(flatten_errors(value, path))
-    elif isinstance(messages, list):
-        for item in messages:
-            if isinstance(item, dict | list):
-                causes.extend(flatten_errors(item, prefix))
-            else:
-                reason = "FieldValueRequired" if "required" in str(item).lower() else "FieldValueInvalid"
-                if "Unknown field" in str(item):
-                    reason = "FieldValueNotSupported"
-                causes.append(Cause(field=prefix or "<body>", message=str(item), reason=reason))
-    else:
-        causes.append(Cause(field=prefix or "<body>", message=str(messages)))
-    return causes
-
-
 def _fix_global(obj: dict[str, Any]) -> None:
     spec = obj.get("spec")
     if isinstance(spec, dict) and "global_" in spec:
         spec["global"] = spec.pop("global_")
-
-
-def _invalid(kind: str, name: str, err: ValidationError, prefix: str = "") -> Invalid:
-    causes = flatten_errors(err.messages, prefix)
-    summary = "; ".join(f"{c.field}: {c.message}" for c in causes[:5])
-    return Invalid(f'{kind} "{name}" is invalid: {summary}', kind=kind, name=name, causes=causes)
 
 
 def load_object(kind: str, body: Any) -> dict[str, Any]:
@@ -417,7 +336,7 @@ def load_object(kind: str, body: Any) -> dict[str, Any]:
     try:
         obj: dict[str, Any] = instance(SCHEMAS[kind]).load(body)
     except ValidationError as err:
-        raise _invalid(kind, name, err) from err
+        raise invalid_from(kind, name, err) from err
     _fix_global(obj)
     if isinstance(obj.get("spec"), dict) and isinstance(obj["spec"].get("template"), dict):
         _fix_global({"spec": obj["spec"]["template"]})
@@ -432,5 +351,5 @@ def load_status(kind: str, name: str, body: Any) -> dict[str, Any]:
     try:
         status: dict[str, Any] = instance(schema).load(body if body is not None else {})
     except ValidationError as err:
-        raise _invalid(kind, name, err, "status") from err
+        raise invalid_from(kind, name, err, "status") from err
     return status

@@ -30,7 +30,8 @@ from controlplane.errors import (
     ServiceUnavailable,
     from_status,
 )
-from controlplane.registry import RESOURCES, Registry
+from controlplane.model import RESOURCES
+from controlplane.registry import Registry
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)

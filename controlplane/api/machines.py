@@ -31,15 +31,10 @@ from controlplane.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from controlplane.registry import now_rfc3339
+from controlplane.model import now_rfc3339, presence_key
 from controlplane.schemas import load_object, load_status
 
 HEARTBEAT_STAMP_SECONDS = 30.0
-PRESENCE_PREFIX = "presence/"
-
-
-def presence_key(machine: str) -> str:
-    return f"{PRESENCE_PREFIX}{machine}"
 
 
 def _parse_heartbeat(name: str, body: Any) -> dict[str, Any]:

@@ -18,8 +18,10 @@ from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, me
 from controlplane.api.state import REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
-from controlplane.registry import HAS_STATUS, RESOURCES, not_found
-from controlplane.schemas import ScaleSchema, flatten_errors, load_object, load_status
+from controlplane.model import API_VERSION, HAS_STATUS, RESOURCES
+from controlplane.registry import not_found
+from controlplane.schema_errors import invalid_from
+from controlplane.schemas import ScaleSchema, load_object, load_status
 
 
 def resource_of(request: web.Request) -> tuple[str, str]:
@@ -62,13 +64,13 @@ async def list_objects(request: web.Request) -> web.StreamResponse:
     metadata: dict[str, Any] = {"resourceVersion": str(revision)}
     if token:
         metadata["continue"] = token
-    return json_response({"kind": f"{kind}List", "apiVersion": "v1", "metadata": metadata, "items": items})
+    return json_response({"kind": f"{kind}List", "apiVersion": API_VERSION, "metadata": metadata, "items": items})
 
 
 def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a {kind} object")
-    if body.get("apiVersion") not in (None, "v1"):
+    if body.get("apiVersion") not in (None, API_VERSION):
         raise BadRequest(f"apiVersion {body.get('apiVersion')!r} is not served; use v1")
     if body.get("kind") not in (None, kind):
         raise BadRequest(f"the body is a {body.get('kind')!r}, this endpoint takes {kind}")
@@ -187,7 +189,7 @@ async def put_status(request: web.Request) -> web.Response:
 def _scale_of(unit: dict[str, Any]) -> dict[str, Any]:
     meta = unit["metadata"]
     return {
-        "apiVersion": "v1",
+        "apiVersion": API_VERSION,
         "kind": "Scale",
         "metadata": {"name": meta["name"], "resourceVersion": meta.get("resourceVersion", "")},
         "spec": {"replicas": unit["spec"].get("replicas", 0)},
@@ -210,11 +212,7 @@ async def put_scale(request: web.Request) -> web.Response:
     try:
         replicas = ScaleSchema().load(body)["spec"]["replicas"]
     except ValidationError as err:
-        causes = flatten_errors(err.messages)
-        raise Invalid(
-            f'Scale "{name}" is invalid: ' + "; ".join(f"{c.field}: {c.message}" for c in causes[:5]),
-            kind="Scale", name=name, causes=causes,
-        ) from err
+        raise invalid_from("Scale", name, err) from err
     registry = request.app[REGISTRY]
     current = registry.get("units", name)
     unit = copy.deepcopy(current)

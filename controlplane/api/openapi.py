@@ -14,8 +14,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
-from controlplane.registry import HAS_STATUS, RESOURCES
-from controlplane.schemas import ENV_NAME, LABEL_KEY, LABEL_VALUE, SCHEMAS, ScaleSchema, StatusSchema
+from controlplane.model import HAS_STATUS, RESOURCES
+from controlplane.schema_errors import StatusSchema
+from controlplane.schemas import SCHEMAS, ScaleSchema
+from controlplane.validators import ENV_NAME, LABEL_KEY, LABEL_VALUE
 
 ERRORS = {
     "400": "BadRequest: malformed JSON, not UTF-8, or a bad query parameter",
@@ -84,54 +86,70 @@ def _path(spec: APISpec, *, path: str, operations: dict[str, Any]) -> None:
 
 def _paths(spec: APISpec) -> None:
     for resource, kind in RESOURCES.items():
-        base = f"/api/v1/{resource}"
-        _path(spec, path=base, operations={
-            "get": {
-                "operationId": f"list{kind}", "summary": f"List (or watch) {resource}", "description": WATCH_NOTE,
-                "parameters": LIST_PARAMS,
-                "responses": {"200": {"description": "the list", "content": _json(f"{kind}List")},
-                              **_error_responses("400", "401", "403", "503")},
-            },
-            "post": {
-                "operationId": f"create{kind}", "summary": f"Create a {kind}",
+        _collection_path(spec, resource, kind)
+        _item_paths(spec, resource, kind)
+    _scale_path(spec)
+    _heartbeat_path(spec)
+    _log_path(spec)
+    _server_paths(spec)
+
+
+def _collection_path(spec: APISpec, resource: str, kind: str) -> None:
+    base = f"/api/v1/{resource}"
+    _path(spec, path=base, operations={
+        "get": {
+            "operationId": f"list{kind}", "summary": f"List (or watch) {resource}", "description": WATCH_NOTE,
+            "parameters": LIST_PARAMS,
+            "responses": {"200": {"description": "the list", "content": _json(f"{kind}List")},
+                          **_error_responses("400", "401", "403", "503")},
+        },
+        "post": {
+            "operationId": f"create{kind}", "summary": f"Create a {kind}",
+            "requestBody": {"required": True, "content": _json(kind)},
+            "responses": {"201": {"description": "created", "content": _json(kind)},
+                          **_error_responses("400", "401", "403", "409", "413", "415", "422", "503")},
+        },
+    })
+
+
+def _item_paths(spec: APISpec, resource: str, kind: str) -> None:
+    base = f"/api/v1/{resource}"
+    item = f"{base}/{{name}}"
+    _path(spec, path=item, operations={
+        "parameters": [NAME_PARAM],
+        "get": {"operationId": f"read{kind}", "summary": f"Read a {kind}",
+                "responses": {"200": {"description": "the object", "content": _json(kind)},
+                              **_error_responses("401", "403", "404", "503")}},
+        "put": {"operationId": f"replace{kind}",
+                "summary": f"Replace a {kind} (status is ignored; a stale metadata.resourceVersion is 409)",
                 "requestBody": {"required": True, "content": _json(kind)},
-                "responses": {"201": {"description": "created", "content": _json(kind)},
-                              **_error_responses("400", "401", "403", "409", "413", "415", "422", "503")},
-            },
-        })
-        item = f"{base}/{{name}}"
-        _path(spec, path=item, operations={
+                "responses": {"200": {"description": "replaced", "content": _json(kind)},
+                              **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
+        "patch": {"operationId": f"patch{kind}", "summary": f"Merge-patch a {kind} (RFC 7386)",
+                  "requestBody": {"required": True,
+                                  "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
+                  "responses": {"200": {"description": "patched", "content": _json(kind)},
+                                **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
+                                                   "503")}},
+        "delete": {"operationId": f"delete{kind}", "summary": f"Delete a {kind}",
+                   "responses": {"200": {"description": "the deleted object", "content": _json(kind)},
+                                 **_error_responses("401", "403", "404", "503")}},
+    })
+    if kind in HAS_STATUS:
+        _path(spec, path=f"{item}/status", operations={
             "parameters": [NAME_PARAM],
-            "get": {"operationId": f"read{kind}", "summary": f"Read a {kind}",
+            "get": {"operationId": f"read{kind}Status", "summary": f"Read a {kind} with its status",
                     "responses": {"200": {"description": "the object", "content": _json(kind)},
                                   **_error_responses("401", "403", "404", "503")}},
-            "put": {"operationId": f"replace{kind}",
-                    "summary": f"Replace a {kind} (status is ignored; a stale metadata.resourceVersion is 409)",
+            "put": {"operationId": f"replace{kind}Status", "summary": f"Replace a {kind}'s status only",
                     "requestBody": {"required": True, "content": _json(kind)},
-                    "responses": {"200": {"description": "replaced", "content": _json(kind)},
-                                  **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
-            "patch": {"operationId": f"patch{kind}", "summary": f"Merge-patch a {kind} (RFC 7386)",
-                      "requestBody": {"required": True,
-                                      "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
-                      "responses": {"200": {"description": "patched", "content": _json(kind)},
-                                    **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
-                                                       "503")}},
-            "delete": {"operationId": f"delete{kind}", "summary": f"Delete a {kind}",
-                       "responses": {"200": {"description": "the deleted object", "content": _json(kind)},
-                                     **_error_responses("401", "403", "404", "503")}},
+                    "responses": {"200": {"description": "updated", "content": _json(kind)},
+                                  **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
+                                                     "503")}},
         })
-        if kind in HAS_STATUS:
-            _path(spec, path=f"{item}/status", operations={
-                "parameters": [NAME_PARAM],
-                "get": {"operationId": f"read{kind}Status", "summary": f"Read a {kind} with its status",
-                        "responses": {"200": {"description": "the object", "content": _json(kind)},
-                                      **_error_responses("401", "403", "404", "503")}},
-                "put": {"operationId": f"replace{kind}Status", "summary": f"Replace a {kind}'s status only",
-                        "requestBody": {"required": True, "content": _json(kind)},
-                        "responses": {"200": {"description": "updated", "content": _json(kind)},
-                                      **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
-                                                         "503")}},
-            })
+
+
+def _scale_path(spec: APISpec) -> None:
     _path(spec, path="/api/v1/units/{name}/scale", operations={
         "parameters": [NAME_PARAM],
         "get": {"operationId": "readUnitScale", "summary": "Read a unit's replicas",
@@ -142,6 +160,9 @@ def _paths(spec: APISpec) -> None:
                 "responses": {"200": {"description": "the new scale", "content": _json("Scale")},
                               **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
     })
+
+
+def _heartbeat_path(spec: APISpec) -> None:
     _path(spec, path="/api/v1/machines/{name}/heartbeat", operations={
         "parameters": [NAME_PARAM],
         "post": {"operationId": "heartbeatMachine",
@@ -163,6 +184,9 @@ def _paths(spec: APISpec) -> None:
                          "leaseTTL": {"type": "integer"}, "lease": {"type": "integer"}}}}}},
                      **_error_responses("400", "401", "403", "413", "415", "422", "503")}},
     })
+
+
+def _log_path(spec: APISpec) -> None:
     _path(spec, path="/api/v1/instances/{name}/log", operations={
         "parameters": [NAME_PARAM,
                        {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
@@ -171,6 +195,10 @@ def _paths(spec: APISpec) -> None:
                 "responses": {"200": {"description": "plain text", "content": {"text/plain": {"schema": {
                     "type": "string"}}}}, **_error_responses("400", "401", "403", "404", "503")}},
     })
+
+
+def _server_paths(spec: APISpec) -> None:
+    """/healthz, /readyz and /metrics: open to anyone (no bearer token)."""
     for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness: etcd reachable")):
         _path(spec, path=path, operations={"get": {
             "operationId": path.strip("/"), "summary": summary, "security": [],

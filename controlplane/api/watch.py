@@ -17,8 +17,9 @@ from aiohttp import web
 from controlplane.api.state import BOOKMARK_SECONDS as BOOKMARK_KEY
 from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
-from controlplane.registry import RESOURCES
+from controlplane.model import API_VERSION, RESOURCES
 from controlplane.selectors import parse_field_selector, parse_label_selector
+from controlplane.watchcache import Subscription, WatchCache
 
 BOOKMARK_SECONDS = 5.0
 
@@ -28,7 +29,18 @@ def _line(event_type: str, obj: dict[str, Any]) -> bytes:
 
 
 def _bookmark(kind: str, revision: int) -> bytes:
-    return _line("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(revision)}})
+    return _line("BOOKMARK", {"kind": kind, "apiVersion": API_VERSION, "metadata": {"resourceVersion": str(revision)}})
+
+
+def _watch_params(request: web.Request) -> tuple[int, float]:
+    """``resourceVersion`` (0: start with the current objects) and ``timeoutSeconds`` (0: none)."""
+    raw_rv = request.query.get("resourceVersion", "")
+    try:
+        from_rv = int(raw_rv) if raw_rv else 0
+        timeout = float(request.query.get("timeoutSeconds") or 0)
+    except ValueError as err:
+        raise BadRequest(f"invalid resourceVersion or timeoutSeconds: {err}") from err
+    return from_rv, timeout
 
 
 async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse:
@@ -41,12 +53,7 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
     def matches(obj: dict[str, Any]) -> bool:
         return by_label(obj) and by_field(obj)
 
-    raw_rv = request.query.get("resourceVersion", "")
-    try:
-        from_rv = int(raw_rv) if raw_rv else 0
-        timeout = float(request.query.get("timeoutSeconds") or 0)
-    except ValueError as err:
-        raise BadRequest(f"invalid resourceVersion or timeoutSeconds: {err}") from err
+    from_rv, timeout = _watch_params(request)
     bookmark_every = request.app.get(BOOKMARK_KEY, BOOKMARK_SECONDS)
 
     initial: list[bytes] = []
@@ -64,34 +71,40 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
         await response.prepare(request)
         if initial:
             await response.write(b"".join(initial))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout if timeout > 0 else None
-        while True:
-            wait = bookmark_every
-            if deadline is not None:
-                wait = min(wait, deadline - loop.time())
-                if wait <= 0:
-                    break
-            try:
-                event = await asyncio.wait_for(sub.queue.get(), timeout=wait)
-            except TimeoutError:
-                await response.write(_bookmark(kind, cache.revision))
-                continue
-            if event is None:
-                gone = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
-                await response.write(_line("ERROR", gone.to_status()))
-                break
-            chunk = [event.line()]
-            while not sub.queue.empty() and len(chunk) < 256:
-                more = sub.queue.get_nowait()
-                if more is None:
-                    sub.queue.put_nowait(None)
-                    break
-                chunk.append(more.line())
-            await response.write(b"".join(chunk))
+        await _follow(response, sub, cache, kind=kind, timeout=timeout, bookmark_every=bookmark_every)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         sub.close()
         metrics.watches.labels(resource).dec()
     return response
+
+
+async def _follow(response: web.StreamResponse, sub: Subscription, cache: WatchCache, *, kind: str,
+                  timeout: float, bookmark_every: float) -> None:
+    """Live events (up to 256 a write) and a BOOKMARK when idle, until the timeout or the cache ends us."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout > 0 else None
+    while True:
+        wait = bookmark_every
+        if deadline is not None:
+            wait = min(wait, deadline - loop.time())
+            if wait <= 0:
+                break
+        try:
+            event = await asyncio.wait_for(sub.queue.get(), timeout=wait)
+        except TimeoutError:
+            await response.write(_bookmark(kind, cache.revision))
+            continue
+        if event is None:
+            gone = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
+            await response.write(_line("ERROR", gone.to_status()))
+            break
+        chunk = [event.line()]
+        while not sub.queue.empty() and len(chunk) < 256:
+            more = sub.queue.get_nowait()
+            if more is None:
+                sub.queue.put_nowait(None)
+                break
+            chunk.append(more.line())
+        await response.write(b"".join(chunk))

@@ -15,20 +15,12 @@ import click
 
 from controlplane.client import Client
 from controlplane.errors import CPError
+from controlplane.model import RESOURCES
 
 from .config import config_from_context
 
 T = TypeVar("T")
 
-# resource (URL plural) -> kind
-KINDS: dict[str, str] = {
-    "units": "Unit",
-    "machines": "Machine",
-    "instances": "Instance",
-    "endpoints": "Endpoints",
-    "events": "Event",
-}
-KIND_TO_RESOURCE = {kind: resource for resource, kind in KINDS.items()}
 # what users type -> resource; kind names (Unit, Machine, ...) match case-insensitively too
 KIND_ALIASES: dict[str, str] = {
     "unit": "units", "units": "units", "u": "units",
@@ -40,6 +32,9 @@ KIND_ALIASES: dict[str, str] = {
 # the singular used in "unit/web created"
 SINGULAR = {"units": "unit", "machines": "machine", "instances": "instance", "endpoints": "endpoints",
             "events": "event"}
+# resource (URL plural) -> kind, and back; in the order cpctl lists them (units first)
+KINDS: dict[str, str] = {resource: RESOURCES[resource] for resource in SINGULAR}
+KIND_TO_RESOURCE: dict[str, str] = {kind: resource for resource, kind in KINDS.items()}
 
 
 def resolve_kind(text: str) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from controlplane import dev as devlib
+from controlplane.model import DEFAULT_PROXY_IMAGE
 
 STATE_DIR_HELP = "state folder [env CPCTL_DEV_STATE_DIR; default ~/.local/state/cpctl-dev]"
 
@@ -33,7 +34,7 @@ def dev() -> None:
               help="agents' log port on their machine address (0: any free port)")
 @click.option("--machine-ttl", type=click.IntRange(1, 3600), default=5, show_default=True,
               help="seconds without heartbeats before a machine is NotReady")
-@click.option("--proxy-image", default="local/nginx:latest", show_default=True)
+@click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
 def up_command(machines: int, state_dir: str | None, cluster: str, api_port: int, agent_port: int,
                machine_ttl: int, proxy_image: str, timeout: float) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from controlplane.model import API_VERSION, DEFAULT_PROTOCOL
+
 from .common import KINDS, ref
 
 OUTPUTS = ("table", "wide", "json", "yaml", "name")
@@ -94,7 +96,7 @@ def unit_ports(unit: dict[str, Any]) -> str:
     for port in _spec(unit).get("ports") or []:
         host = port.get("hostPort") or 0
         text = f"{port.get('containerPort')}:{host}" if host else str(port.get("containerPort"))
-        if port.get("protocol", "tcp") != "tcp":
+        if port.get("protocol", DEFAULT_PROTOCOL) != DEFAULT_PROTOCOL:
             text += f"/{port['protocol']}"
         parts.append(text)
     return ",".join(parts) or NONE
@@ -123,7 +125,7 @@ def instance_ports(instance: dict[str, Any]) -> str:
     parts = []
     for port in _status(instance).get("hostPorts") or []:
         text = f"{port.get('hostPort')}->{port.get('containerPort')}"
-        if port.get("protocol", "tcp") != "tcp":
+        if port.get("protocol", DEFAULT_PROTOCOL) != DEFAULT_PROTOCOL:
             text += f"/{port['protocol']}"
         parts.append(text)
     return ",".join(parts) or NONE
@@ -246,7 +248,7 @@ def render(resource: str, items: list[dict[str, Any]], output: str, *, single: b
     if single and len(items) == 1:
         data = items[0]
     else:
-        data = {"kind": f"{KINDS[resource]}List", "apiVersion": "v1",
+        data = {"kind": f"{KINDS[resource]}List", "apiVersion": API_VERSION,
                 "metadata": {"resourceVersion": resource_version}, "items": items}
     if output == "json":
         return json.dumps(data, indent=2)

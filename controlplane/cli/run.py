@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from controlplane.client import Client
+from controlplane.model import API_VERSION, DEFAULT_PROTOCOL, DEFAULT_PROXY_PORT, RESTART_POLICIES, SPREADS
 
 from .common import call, ref
 from .config import connection_options
@@ -22,7 +23,6 @@ from .wait import wait_for_units
 
 PORT_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?(?:/(tcp|udp))?$")
 MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(m|mb|mi|mib|g|gb|gi|gib)?$", re.IGNORECASE)
-DEFAULT_PROXY_PORT = 80
 DEFAULT_TIMEOUT = 120.0
 
 
@@ -31,7 +31,7 @@ def parse_port(text: str) -> dict[str, Any]:
     match = PORT_RE.match(text.strip())
     if not match:
         raise click.BadParameter(f"{text!r} is not CPORT[:HOSTPORT][/tcp|udp]", param_hint="'--port'")
-    container, host, protocol = int(match.group(1)), int(match.group(2) or 0), match.group(3) or "tcp"
+    container, host, protocol = int(match.group(1)), int(match.group(2) or 0), match.group(3) or DEFAULT_PROTOCOL
     if not 1 <= container <= 65535 or not 0 <= host <= 65535:
         raise click.BadParameter(f"{text!r}: ports are 1-65535 (host port 0 means any)", param_hint="'--port'")
     return {"containerPort": container, "hostPort": host, "protocol": protocol}
@@ -111,6 +111,43 @@ def parse_memory(text: str) -> int:
     return int(amount)
 
 
+def _proxy_spec(lb: str | None, edge: str | None,
+                ports: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The proxy of an ``--lb``/``--edge`` unit, and its ports (its first port, else port 80)."""
+    proxy_port = int(ports[0]["containerPort"]) if ports else DEFAULT_PROXY_PORT
+    if not ports:
+        ports = [{"containerPort": proxy_port, "hostPort": 0, "protocol": DEFAULT_PROTOCOL}]
+    if lb:
+        return {"kind": "loadbalancer", "target": lb, "port": proxy_port}, ports
+    return {"kind": "edge", "domain": edge, "port": proxy_port}, ports
+
+
+def _resources(cpu: float | None, memory: str | None) -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    if cpu is not None:
+        resources["cpu"] = cpu
+    if memory is not None:
+        resources["memoryMB"] = parse_memory(memory)
+    return resources
+
+
+def _placement(*, spread: str | None, conflicts: tuple[str, ...] | list[str],
+               constraints: tuple[str, ...] | list[str], machine_of: str | None,
+               machine: str | None) -> dict[str, Any]:
+    placement: dict[str, Any] = {}
+    if spread:
+        placement["spread"] = spread
+    if conflicts:
+        placement["conflicts"] = list(conflicts)
+    if constraints:
+        placement["machineMetadata"] = parse_constraints(constraints)
+    if machine_of:
+        placement["machineOf"] = machine_of
+    if machine:
+        placement["machine"] = machine
+    return placement
+
+
 def build_unit(
     name: str,
     *,
@@ -137,8 +174,7 @@ def build_unit(
     """The Unit ``cpctl run`` creates; raises click.BadParameter/UsageError for bad flags."""
     if lb and edge:
         raise click.UsageError("--lb and --edge are two kinds of proxy; give one")
-    is_proxy = bool(lb or edge)
-    if not image and not is_proxy:
+    if not image and not (lb or edge):
         raise click.UsageError("--image is required (unless --lb or --edge makes this a proxy unit)")
     parsed_ports = [parse_port(p) for p in ports]
     spec: dict[str, Any] = {}
@@ -148,41 +184,20 @@ def build_unit(
         spec["command"] = list(command)
     if env:
         spec["env"] = dict(parse_env(e) for e in env)
-    if is_proxy:
-        proxy_port = int(parsed_ports[0]["containerPort"]) if parsed_ports else DEFAULT_PROXY_PORT
-        if not parsed_ports:
-            parsed_ports = [{"containerPort": proxy_port, "hostPort": 0, "protocol": "tcp"}]
-        if lb:
-            spec["proxy"] = {"kind": "loadbalancer", "target": lb, "port": proxy_port}
-        else:
-            spec["proxy"] = {"kind": "edge", "domain": edge, "port": proxy_port}
+    if lb or edge:
+        spec["proxy"], parsed_ports = _proxy_spec(lb, edge, parsed_ports)
     if parsed_ports:
         spec["ports"] = parsed_ports
     if replicas is not None:
         spec["replicas"] = replicas
     if is_global:
         spec["global"] = True
-    resources: dict[str, Any] = {}
-    if cpu is not None:
-        resources["cpu"] = cpu
-    if memory is not None:
-        resources["memoryMB"] = parse_memory(memory)
-    if resources:
+    if resources := _resources(cpu, memory):
         spec["resources"] = resources
     if restart:
         spec["restartPolicy"] = restart
-    placement: dict[str, Any] = {}
-    if spread:
-        placement["spread"] = spread
-    if conflicts:
-        placement["conflicts"] = list(conflicts)
-    if constraints:
-        placement["machineMetadata"] = parse_constraints(constraints)
-    if machine_of:
-        placement["machineOf"] = machine_of
-    if machine:
-        placement["machine"] = machine
-    if placement:
+    if placement := _placement(spread=spread, conflicts=conflicts, constraints=constraints,
+                               machine_of=machine_of, machine=machine):
         spec["placement"] = placement
     if health_http:
         spec["health"] = {"http": parse_health_http(health_http, parsed_ports)}
@@ -191,7 +206,7 @@ def build_unit(
     metadata: dict[str, Any] = {"name": name}
     if labels:
         metadata["labels"] = parse_labels(labels)
-    return {"apiVersion": "v1", "kind": "Unit", "metadata": metadata, "spec": spec}
+    return {"apiVersion": API_VERSION, "kind": "Unit", "metadata": metadata, "spec": spec}
 
 
 @click.command("run", context_settings={"allow_interspersed_args": True})
@@ -206,13 +221,13 @@ def build_unit(
 @click.option("--constraint", "constraints", multiple=True, metavar="k=v",
               help="machine metadata to require (keys ANDed; a key repeated ORs its values)")
 @click.option("--conflicts", multiple=True, metavar="GLOB", help="never share a machine with these units")
-@click.option("--spread", type=click.Choice(["required", "preferred", "none"]), help="spread of this unit's instances")
+@click.option("--spread", type=click.Choice(SPREADS), help="spread of this unit's instances")
 @click.option("--global", "is_global", is_flag=True, help="one instance on every eligible machine")
 @click.option("--machine-of", metavar="UNIT", help="only where an instance of UNIT runs")
 @click.option("--machine", metavar="M", help="pin to machine M")
 @click.option("--health-http", metavar="PATH[:PORT]", help="HTTP readiness probe")
 @click.option("--expose", metavar="HOST[:PORT]", help="route HOST.<edge domain> to this unit")
-@click.option("--restart", type=click.Choice(["Always", "OnFailure", "Never"]), help="restart policy")
+@click.option("--restart", type=click.Choice(RESTART_POLICIES), help="restart policy")
 @click.option("--lb", metavar="UNIT", help="make this a load balancer proxy in front of UNIT")
 @click.option("--edge", metavar="DOMAIN", help="make this an edge proxy for *.DOMAIN")
 @click.option("--label", "labels", multiple=True, metavar="k=v", help="label of the unit")

@@ -1,9 +1,9 @@
 """The production Store: etcd v3 through aetcd, with the failover aetcd lacks.
 
-aetcd talks to one host. This module keeps one aetcd client per endpoint and, when the
-endpoint in use stops answering (gRPC UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED), moves
-to the next one and retries the operation, until every endpoint has been tried for
-``timeout`` seconds; then it raises ``StoreUnavailable``.
+aetcd talks to one host. ``etcd_failover.EndpointPool`` keeps one aetcd client per endpoint
+and, when the endpoint in use stops answering, moves to the next one and retries the
+operation, until every endpoint has been tried for ``timeout`` seconds (then
+``StoreUnavailable``); this module is the operations on top of it.
 
 Retried writes and ambiguity. A write whose answer was lost may have been applied. ``put``
 is simply repeated (same value, one extra revision). ``create`` and ``update`` are
@@ -22,12 +22,9 @@ revision raises ``Gone``. Every key lives under ``prefix`` ("/cp" + "units/web" 
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aetcd
 import grpc
@@ -38,91 +35,26 @@ from controlplane.errors import (
     AlreadyExists,
     BadRequest,
     Conflict,
-    Gone,
     NotFound,
-    StoreUnavailable,
 )
 from controlplane.store.base import KV, WatchEvent
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_RETRYABLE_CODES = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-}
-
-# Keepalive pings notice a silently dead peer; short reconnect backoff lets a restarted
-# member serve again soon. etcd refuses pings more often than every 5 s.
-_CHANNEL_OPTIONS: dict[str, Any] = {
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 1,
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 1_000,
-}
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``http://host:port``, ``host:port`` or ``host`` -> (host, port); port defaults to 2379."""
-    endpoint = endpoint.strip()
-    if "//" not in endpoint:
-        endpoint = "http://" + endpoint
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", ""):
-        raise ValueError(f"unsupported etcd endpoint scheme {parts.scheme!r} in {endpoint!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in etcd endpoint {endpoint!r}")
-    return parts.hostname, parts.port or 2379
-
-
-def _rpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
-    """The gRPC error behind an aetcd error, if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, grpc.aio.AioRpcError):
-            return seen
-        seen = seen.__cause__
-    return None
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError | asyncio.TimeoutError):
-        return True
-    if isinstance(exc, aetcd.WatchTimeoutError):
-        return True
-    err = _rpc_error(exc)
-    if err is not None:
-        return err.code() in _RETRYABLE_CODES
-    # aetcd wraps a raw AioRpcError delivered to a watch as ClientError(str(error)).
-    return isinstance(exc, aetcd.ClientError) and any(
-        code.name in str(exc) for code in _RETRYABLE_CODES
-    )
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    err = _rpc_error(exc)
-    if err is not None and err.code() == grpc.StatusCode.NOT_FOUND:
-        return True
-    return "not found" in str(exc)
+from controlplane.store.etcd_failover import (
+    EndpointPool,
+    is_not_found,
+    rpc_error,
+)
 
 
 class EtcdStore:
     """The Store protocol on an etcd v3 cluster (see the module docstring)."""
 
     def __init__(self, endpoints: list[str], *, prefix: str = "/cp", timeout: float = 5.0) -> None:
-        if not endpoints:
-            raise ValueError("at least one etcd endpoint is needed")
-        self.endpoints = [parse_endpoint(e) for e in endpoints]
+        self._pool = EndpointPool(endpoints, timeout=timeout)
+        self.endpoints = self._pool.endpoints
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.timeout = timeout
         self._root = (self.prefix + "/").encode()
-        self._clients: list[aetcd.Client | None] = [None] * len(self.endpoints)
-        self._current = 0
-        self._closed = False
+        self._call = self._pool.call
 
     @classmethod
     async def open(
@@ -144,7 +76,7 @@ class EtcdStore:
     @property
     def current_endpoint(self) -> str:
         """``host:port`` of the endpoint operations go to now (tests kill exactly that one)."""
-        host, port = self.endpoints[self._current]
+        host, port = self.endpoints[self._pool.current]
         return f"{host}:{port}"
 
     # -- keys ----------------------------------------------------------------------------
@@ -163,58 +95,6 @@ class EtcdStore:
             mod_revision=kv.mod_revision,
             lease=kv.lease,
         )
-
-    # -- failover ------------------------------------------------------------------------
-
-    def _client(self, index: int) -> aetcd.Client:
-        client = self._clients[index]
-        if client is None:
-            host, port = self.endpoints[index]
-            client = aetcd.Client(
-                host=host, port=port, timeout=self.timeout, options=dict(_CHANNEL_OPTIONS)
-            )
-            self._clients[index] = client
-        return client
-
-    def _failed(self, index: int, exc: BaseException) -> None:
-        """Move on from endpoint ``index`` (unless another task already did)."""
-        if index == self._current and len(self.endpoints) > 1:
-            self._current = (index + 1) % len(self.endpoints)
-            host, port = self.endpoints[index]
-            new_host, new_port = self.endpoints[self._current]
-            log.warning(
-                "etcd endpoint %s:%d failed (%s); switching to %s:%d",
-                host, port, _describe(exc), new_host, new_port,
-            )
-
-    async def _call(self, op: Callable[[aetcd.Client, bool], Awaitable[T]]) -> T:
-        """Run ``op(client, retrying)``, failing over between endpoints on connection errors."""
-        if self._closed:
-            raise StoreUnavailable("the etcd store is closed")
-        deadline = time.monotonic() + self.timeout
-        retrying = False
-        tried: set[int] = set()
-        delay = 0.05
-        while True:
-            index = self._current
-            try:
-                return await op(self._client(index), retrying)
-            except Exception as exc:
-                if not _is_retryable(exc):
-                    raise
-                tried.add(index)
-                self._failed(index, exc)
-                if len(tried) >= len(self.endpoints) and time.monotonic() >= deadline:
-                    raise StoreUnavailable(f"etcd unavailable at {self._describe_endpoints()}: "
-                                           f"{_describe(exc)}") from exc
-                retrying = True
-                if len(tried) >= len(self.endpoints):
-                    # Every endpoint failed once: wait a little (leader election, restarts).
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-
-    def _describe_endpoints(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -346,7 +226,7 @@ class EtcdStore:
             try:
                 result = await client.put(full, value, lease=lease or None)
             except aetcd.ClientError as exc:
-                if _is_not_found(exc):
+                if is_not_found(exc):
                     raise NotFound(f"lease {lease:x} not found") from exc
                 raise
             return int(result.header.revision)
@@ -383,7 +263,7 @@ class EtcdStore:
         try:
             ok, responses = await client.transaction(compare=compare, success=success, failure=failure)
         except aetcd.ClientError as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 raise NotFound(f"lease not found: {exc}") from exc
             raise
         return bool(ok), list(responses)
@@ -405,7 +285,7 @@ class EtcdStore:
             try:
                 reply = await client.refresh_lease(lease_id)
             except aetcd.ClientError as exc:
-                if _is_not_found(exc):
+                if is_not_found(exc):
                     raise NotFound(f"lease {lease_id:x} not found") from exc
                 raise
             if reply is None or reply.TTL <= 0:
@@ -419,7 +299,7 @@ class EtcdStore:
             try:
                 await client.revoke_lease(lease_id)
             except aetcd.ClientError as exc:
-                if _is_not_found(exc):
+                if is_not_found(exc):
                     if retrying:
                         return  # our earlier attempt most likely landed
                     raise NotFound(f"lease {lease_id:x} not found") from exc
@@ -436,7 +316,7 @@ class EtcdStore:
             try:
                 await client.compact(revision, physical=True)
             except aetcd.ClientError as exc:
-                err = _rpc_error(exc)
+                err = rpc_error(exc)
                 if err is not None and err.code() == grpc.StatusCode.OUT_OF_RANGE:
                     if "future revision" in (err.details() or ""):
                         raise BadRequest(f"cannot compact to future revision {revision}") from exc
@@ -448,53 +328,11 @@ class EtcdStore:
     async def watch(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Every change under ``prefix`` from ``start_revision`` on, across stream errors and failovers."""
         start = self._full(prefix)
-        end = prefix_range_end(start)
-        next_revision = start_revision if start_revision > 0 else await self.revision() + 1
-        failing_since: float | None = None
-        tried: set[int] = set()
-        while True:
-            if self._closed:
-                raise StoreUnavailable("the etcd store is closed")
-            index = self._current
-            client = self._client(index)
-            handle: Any = None
-            try:
-                handle = await client.watch(
-                    start, range_end=end, start_revision=next_revision, prev_kv=True
-                )
-                failing_since = None
-                tried.clear()
-                async for event in handle:
-                    converted = self._event(event)
-                    next_revision = converted.kv.mod_revision + 1
-                    yield converted
-                # The stream ended without an error (the client was closed).
-                raise StoreUnavailable("etcd watch stream closed")
-            except aetcd.RevisionCompactedError as exc:
-                raise Gone(
-                    f"revision {next_revision} has been compacted (compacted up to {exc.compacted_revision})"
-                ) from exc
-            except Exception as exc:
-                if not _is_retryable(exc):
-                    raise
-                now = time.monotonic()
-                failing_since = failing_since or now
-                tried.add(index)
-                self._failed(index, exc)
-                if len(tried) >= len(self.endpoints) and now - failing_since >= self.timeout:
-                    raise StoreUnavailable(
-                        f"etcd watch unavailable at {self._describe_endpoints()}: {_describe(exc)}"
-                    ) from exc
-                log.info("etcd watch on %r interrupted (%s); resuming from revision %d",
-                         prefix, _describe(exc), next_revision)
-                if len(tried) >= len(self.endpoints):
-                    await asyncio.sleep(0.1)
-            finally:
-                if handle is not None:
-                    try:
-                        await handle.cancel()
-                    except Exception:  # the stream may already be gone
-                        log.debug("cancelling an etcd watch failed", exc_info=True)
+        first = start_revision if start_revision > 0 else await self.revision() + 1
+        # aclosing: when our consumer stops, the pool's stream (and its etcd watch) ends now, not at GC
+        async with contextlib.aclosing(self._pool.watch(start, prefix_range_end(start), first, what=prefix)) as events:
+            async for event in events:
+                yield self._event(event)
 
     def _event(self, event: Any) -> WatchEvent:
         kv = event.kv
@@ -513,14 +351,7 @@ class EtcdStore:
         return WatchEvent("PUT", self._kv(kv))
 
     async def close(self) -> None:
-        self._closed = True
-        clients, self._clients = self._clients, [None] * len(self.endpoints)
-        for client in clients:
-            if client is not None:
-                try:
-                    await client.close()
-                except Exception:
-                    log.debug("closing an etcd client failed", exc_info=True)
+        await self._pool.close()
 
 
 def aetcd_put(key: bytes, value: bytes, lease: int) -> aetcd.transactions.Put:
@@ -536,10 +367,3 @@ def _first_kv(responses: list[Any]) -> Any:
     if responses and isinstance(responses[0], list) and responses[0]:
         return responses[0][0][1]
     return None
-
-
-def _describe(exc: BaseException) -> str:
-    err = _rpc_error(exc)
-    if err is not None:
-        return f"{err.code().name}: {err.details()}"
-    return f"{type(exc).__name__}: {exc}"
