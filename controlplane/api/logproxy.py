@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import time
@@ -143,9 +144,12 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
                 break
             sent += len(chunk)
             await response.write(chunk)
-    except (TimeoutError, aiohttp.ClientError) as err:
+    except (TimeoutError, aiohttp.ClientError) as err:  # the agent's side ended: end ours properly
         log.info("log stream of %s ended early: %s", request.match_info.get("name"), err)
-    await response.write_eof()
+    except ConnectionResetError:  # the caller left
+        return response
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
     return response
 
 

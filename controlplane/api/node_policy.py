@@ -113,9 +113,10 @@ class NodeEventLimiter:
         """TooManyRequests when ``user`` (a node) is over its rate; other roles are not limited here."""
         if user.role != "node":
             return
-        bucket = self.buckets.get(user.name)
+        node = user.machine or user.name  # every token of one machine shares its bucket
+        bucket = self.buckets.get(node)
         if bucket is None:
-            bucket = self.buckets[user.name] = TokenBucket(self.rate, self.burst, clock=self.clock)
+            bucket = self.buckets[node] = TokenBucket(self.rate, self.burst, clock=self.clock)
         if not bucket.take():
             raise TooManyRequests(f'node "{user.name}" writes Events faster than {self.rate:g}/s '
                                   f"(burst {self.burst}); retry later")

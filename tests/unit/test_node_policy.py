@@ -233,6 +233,8 @@ def test_event_limiter_is_per_node_and_spares_admins() -> None:
     with pytest.raises(TooManyRequests) as err:
         limiter.admit(NODE)
     assert err.value.code == 429
+    with pytest.raises(TooManyRequests):
+        limiter.admit(User("node-m1-second-token", "node", "m1"))  # the bucket is the machine's
     limiter.admit(User("node-m2", "node", "m2"))
     for _ in range(100):
         limiter.admit(ADMIN)
