@@ -77,6 +77,7 @@ class Agent:
         self.last_contact = clock()
         self.fenced = False
         self.registered = asyncio.Event()
+        self.log_signing_keys: list[object] = []  # from heartbeat replies: what the log endpoint trusts
         self.synced_once = asyncio.Event()
 
     # ---- heartbeat and fencing ----
@@ -95,6 +96,8 @@ class Agent:
                 reply = await asyncio.wait_for(self.client.heartbeat(self.config.machine, self.heartbeat_body()),
                                                timeout=max(self.ttl / 3, 0.5))
                 self.ttl = float(reply.get("leaseTTL") or self.ttl)
+                if isinstance(reply.get("logSigningKeys"), list):
+                    self.log_signing_keys = reply["logSigningKeys"]
                 self.last_contact = self.clock()
                 self.registered.set()
                 if self.fenced:

@@ -81,8 +81,8 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
     def container_ids() -> dict[str, str]:
         return {name: status["containerID"] for name, status in agent.reported.items() if status.get("containerID")}
 
-    log_app = make_log_app(runtime, server=server, ca=ca, cluster=config.cluster, machine=config.machine,
-                           containers=container_ids)
+    log_app = make_log_app(runtime, machine=config.machine, containers=container_ids,
+                           signing_keys=lambda: agent.log_signing_keys)
     runner = web.AppRunner(log_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.address, config.agent_port, reuse_address=True)

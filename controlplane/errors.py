@@ -115,6 +115,10 @@ class InternalError(CPError):
     code, reason = 500, "InternalError"
 
 
+class BadGateway(CPError):
+    code, reason = 502, "BadGateway"
+
+
 class ServiceUnavailable(CPError):
     code, reason = 503, "ServiceUnavailable"
 
@@ -127,7 +131,7 @@ BY_REASON: dict[str, type[CPError]] = {
     cls.reason: cls
     for cls in (
         BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, AlreadyExists, Conflict, Gone,
-        RequestEntityTooLarge, UnsupportedMediaType, Invalid, TooManyRequests, InternalError,
+        RequestEntityTooLarge, UnsupportedMediaType, Invalid, TooManyRequests, InternalError, BadGateway,
         ServiceUnavailable,
     )
 }

@@ -76,6 +76,27 @@ def presence_key(machine: str) -> str:
     return f"{PRESENCE_PREFIX}{machine}"
 
 
+# ---- internal store keys: no registry resource lives under them, so the REST API never serves them ----
+
+INTERNAL_PREFIX = "internal/"
+LOG_SIGNING_KEY = f"{INTERNAL_PREFIX}log-signing-key"  # the cluster's Ed25519 key for log tickets
+MACHINE_TOMBSTONE_PREFIX = f"{INTERNAL_PREFIX}machine-tombstones/"
+
+
+def machine_tombstone_key(machine: str) -> str:
+    """Recorded when an admin deletes a Machine: a later heartbeat re-creates it without the node's labels."""
+    return f"{MACHINE_TOMBSTONE_PREFIX}{machine}"
+
+
+# ---- what a node may write ----
+
+# Labels under this prefix are set by admins only: a node can neither send them in a heartbeat nor
+# put them on an Event, so a constraint on them (machineMetadata) is one a machine cannot forge.
+RESERVED_LABEL_PREFIX = "controlplane.io/"
+# The reasons of the Events an agent writes (agent/proxy/manager.py); a node token may write no other.
+AGENT_EVENT_REASONS = frozenset({"ProxyConfigRejected"})
+
+
 # ---- the wire objects ----
 
 

@@ -212,7 +212,27 @@ class MachineStatusSchema(Strict):
     allocated = fields.Nested(CapacitySchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
     lastHeartbeatTime = fields.String(load_default="")
     agentVersion = fields.String(load_default="")
-    agentPort = fields.Integer(strict=True, validate=validate.Range(min=0, max=65535), load_default=0)
+    agentPort = fields.Integer(strict=True, validate=validate.Range(min=0, max=65535), load_default=0)  # 0: none
+
+    @validates_schema
+    def node_reported(self, data: dict[str, Any], **_: Any) -> None:
+        """Written by the node itself, so untrusted: the API server connects to address:agentPort and
+        proxies route to the address. An IP literal only (controlplane/addresses.py), "" until known."""
+        from controlplane.addresses import address_problem
+
+        errors: dict[str, Any] = {}
+        problem = address_problem(data["address"]) if data.get("address") else None
+        if problem:
+            errors["address"] = [problem]
+        capacity = data.get("capacity") or {}
+        too_big = {"cpu": (capacity.get("cpu", 0) > 4096, "must be at most 4096"),
+                   "memoryMB": (capacity.get("memoryMB", 0) > 64 * 1024 * 1024, "must be at most 67108864 (64 TiB)")}
+        if any(bad for bad, _ in too_big.values()):
+            errors["capacity"] = {field: [message] for field, (bad, message) in too_big.items() if bad}
+        if len(data.get("agentVersion") or "") > 128:
+            errors["agentVersion"] = ["must be at most 128 characters"]
+        if errors:
+            raise ValidationError(errors)
 
 
 class HostPortSchema(Strict):
@@ -244,6 +264,15 @@ class InstanceStatusSchema(Strict):
     machine = fields.String(load_default="")
     epoch = fields.Integer(strict=True, load_default=0)
     reasons = fields.Dict(keys=fields.String(), values=fields.Integer(strict=True), load_default=dict)
+
+    @validates_schema
+    def node_address(self, data: dict[str, Any], **_: Any) -> None:
+        """An IP literal, as Machine status.address; a node may write only its machine's (api/objects.py)."""
+        from controlplane.addresses import address_problem
+
+        problem = address_problem(data["address"]) if data.get("address") else None
+        if problem:
+            raise ValidationError(problem, "address")
 
 
 class EndpointAddressSchema(Strict):

@@ -1,4 +1,4 @@
-"""Machine presence (heartbeats on etcd leases) and the log proxy to a machine's agent.
+"""Machine presence (heartbeats on etcd leases), registration, and a deleted machine's tombstone.
 
 A heartbeat keeps the machine's lease alive; the lease carries the key ``presence/<machine>``,
 so when heartbeats stop for ``--machine-ttl`` etcd deletes the key by itself and the leader's
@@ -7,6 +7,12 @@ status is rewritten only when something in it changes (state, address, capacity,
 every ``HEARTBEAT_STAMP_SECONDS``, so 1,000 machines heartbeating do not mean 1,000 etcd
 writes a second and watch events to every watcher (Kubernetes moved node heartbeats to Leases
 for the same reason).
+
+A heartbeat is a node writing about itself: its address must be an IP literal (schemas.py), it may
+not send labels under ``controlplane.io/`` (api/node_policy.py), and its labels apply only when it
+first registers, never after an admin deleted the Machine (``delete_machine``'s tombstone). The
+reply carries the public log signing keys, which the agent's log endpoint checks tickets with
+(api/logproxy.py). The log proxy itself lives in api/logproxy.py.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import json
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from controlplane.api.auth import authorize
+from controlplane.api.auth import User, authorize
 from controlplane.api.http import json_response, read_json
+from controlplane.api.logproxy import LOG_SIGNING, LogSigningKeys, instance_log
+from controlplane.api.node_policy import check_node_labels
 from controlplane.api.state import CONFIG, REGISTRY, STORE, user_of
 from controlplane.errors import (
     AlreadyExists,
@@ -31,13 +38,13 @@ from controlplane.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from controlplane.model import now_rfc3339, presence_key
+from controlplane.model import machine_tombstone_key, now_rfc3339, presence_key
 from controlplane.schemas import load_object, load_status
 
 HEARTBEAT_STAMP_SECONDS = 30.0
 
 
-def _parse_heartbeat(name: str, body: Any) -> dict[str, Any]:
+def _parse_heartbeat(user: User, name: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("a heartbeat body must be a JSON object")
     allowed = {"address", "capacity", "agentVersion", "agentPort", "labels"}
@@ -51,6 +58,7 @@ def _parse_heartbeat(name: str, body: Any) -> dict[str, Any]:
     status = load_status("Machine", name, {**status_fields, "state": "Ready"})
     labels = body.get("labels", {})  # a wrong type is refused below, not taken as "no labels"
     load_object("Machine", {"metadata": {"name": name, "labels": labels}})  # validates name and labels
+    check_node_labels(user, "Machine", name, labels)
     return {"status": status, "labels": labels}
 
 
@@ -88,10 +96,26 @@ async def keep_presence(request: web.Request, name: str, ttl: int) -> int:
     return lease
 
 
+async def _register(request: web.Request, name: str, status: dict[str, Any],
+                    labels: dict[str, str]) -> dict[str, Any]:
+    """Create the Machine of a first heartbeat; without the node's labels if an admin deleted it before."""
+    registry = request.app[REGISTRY]
+    if await request.app[STORE].get(machine_tombstone_key(name)) is not None:
+        labels = {}
+    status["lastHeartbeatTime"] = now_rfc3339()
+    obj = load_object("Machine", {"metadata": {"name": name, "labels": labels}})
+    obj["status"] = status
+    try:
+        return await registry.create("machines", obj)
+    except AlreadyExists:
+        return registry.get("machines", name)
+
+
 async def heartbeat(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    authorize(user_of(request), "update", "machines", name=name, subresource="heartbeat")
-    beat = _parse_heartbeat(name, await read_json(request))
+    user = user_of(request)
+    authorize(user, "update", "machines", name=name, subresource="heartbeat")
+    beat = _parse_heartbeat(user, name, await read_json(request))
     ttl = int(request.app[CONFIG].get("machine_ttl", 5))
     registry = request.app[REGISTRY]
     lease = await keep_presence(request, name, ttl)
@@ -99,13 +123,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     status = beat["status"]
     current = registry.find("machines", name)
     if current is None:
-        status["lastHeartbeatTime"] = now_rfc3339()
-        obj = load_object("Machine", {"metadata": {"name": name, "labels": beat["labels"]}})
-        obj["status"] = status
-        try:
-            current = await registry.create("machines", obj)
-        except AlreadyExists:
-            current = registry.get("machines", name)
+        current = await _register(request, name, status, beat["labels"])
     old = current.get("status") or {}
     observed = {k: old.get(k) for k in ("state", "address", "capacity", "agentVersion", "agentPort")}
     wanted = {k: status.get(k) for k in observed}
@@ -119,47 +137,27 @@ async def heartbeat(request: web.Request) -> web.Response:
             current = await registry.mutate("machines", name, refresh)
         except Conflict:
             pass  # the next heartbeat writes it
-    return json_response({"machine": current, "leaseTTL": ttl, "lease": lease})
+    keys = await request.app[LOG_SIGNING].public_keys()
+    return json_response({"machine": current, "leaseTTL": ttl, "lease": lease, "logSigningKeys": keys})
 
 
-async def instance_log(request: web.Request) -> web.StreamResponse:
-    """Proxy ``GET /api/v1/instances/NAME/log`` to the agent of the instance's machine.
-
-    The caller's own bearer token is forwarded; the agent checks it against this API (it must
-    allow reading the instance), so no extra secret is shared between server and agents."""
-    name = request.match_info["name"]
-    authorize(user_of(request), "get", "instances", name=name, subresource="log")
-    registry = request.app[REGISTRY]
-    instance = registry.get("instances", name)
-    machine_name = instance["spec"].get("machine")
-    if not machine_name:
-        raise BadRequest(f'instance "{name}" is not bound to a machine yet')
-    machine = registry.get("machines", machine_name)
-    status = machine.get("status") or {}
-    if not status.get("address") or not status.get("agentPort"):
-        raise ServiceUnavailable(f'machine "{machine_name}" has not reported an agent address')
-    url = f"http://{status['address']}:{status['agentPort']}/logs/{name}"
-    params = {k: v for k, v in request.query.items() if k in ("follow", "tail")}
-    headers = {}
-    if "Authorization" in request.headers:
-        headers["Authorization"] = request.headers["Authorization"]
-    timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_read=None)
+async def delete_machine(request: web.Request, name: str) -> dict[str, Any]:
+    """An admin's DELETE of a Machine. It leaves a tombstone, so a node that heartbeats again gets its
+    Machine back without the labels it sends (those apply only at first registration)."""
+    store = request.app[STORE]
+    key = machine_tombstone_key(name)
+    existed = await store.get(key) is not None
+    # before the delete, so no heartbeat can slip in between and re-create the machine with labels
+    await store.put(key, json.dumps({"deletedAt": now_rfc3339(), "by": user_of(request).name}).encode())
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(url, params=params, headers=headers) as upstream:
-                if upstream.status != 200:
-                    body = await upstream.read()
-                    return web.Response(body=body, status=upstream.status, content_type="application/json")
-                response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-    except aiohttp.ClientError as err:
-        raise ServiceUnavailable(f'the agent of machine "{machine_name}" is unreachable: {err}') from err
+        return await request.app[REGISTRY].delete("machines", name)
+    except NotFound:
+        if not existed:
+            await store.delete(key)
+        raise
 
 
 def add_routes(app: web.Application) -> None:
+    app[LOG_SIGNING] = LogSigningKeys(app[STORE])
     app.router.add_post("/api/v1/machines/{name}/heartbeat", heartbeat)
     app.router.add_get("/api/v1/instances/{name}/log", instance_log)

@@ -15,6 +15,8 @@ from marshmallow import ValidationError
 
 from controlplane.api.auth import authorize
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
+from controlplane.api.machines import delete_machine
+from controlplane.api.node_policy import NodeEventLimiter, check_node_event, check_node_instance_address
 from controlplane.api.state import REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
@@ -22,6 +24,8 @@ from controlplane.model import API_VERSION, HAS_STATUS, RESOURCES
 from controlplane.registry import not_found
 from controlplane.schema_errors import invalid_from
 from controlplane.schemas import ScaleSchema, load_object, load_status
+
+NODE_EVENT_LIMITER = web.AppKey("node_event_limiter", NodeEventLimiter)
 
 
 def resource_of(request: web.Request) -> tuple[str, str]:
@@ -93,12 +97,22 @@ def _initial_status(kind: str) -> dict[str, Any] | None:
     return copy.deepcopy(_default_status(kind)) if kind in HAS_STATUS else None
 
 
+def _bound_machine(request: web.Request, instance: str) -> str | None:
+    found = request.app[REGISTRY].find("instances", instance)
+    return str((found.get("spec") or {}).get("machine") or "") if found else None
+
+
 async def create_object(request: web.Request) -> web.Response:
     resource, kind = resource_of(request)
-    authorize(user_of(request), "create", resource)
+    user = user_of(request)
+    authorize(user, "create", resource)
+    if resource == "events":
+        request.app[NODE_EVENT_LIMITER].admit(user)  # nodes only; counts refused attempts too
     body = await read_json(request)
     _check_body(kind, body)
     obj = load_object(kind, body)
+    if resource == "events":
+        check_node_event(user, obj, bound_machine=lambda instance: _bound_machine(request, instance))
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
@@ -159,6 +173,8 @@ async def delete_object(request: web.Request) -> web.Response:
     resource, kind = resource_of(request)
     name = request.match_info["name"]
     authorize(user_of(request), "delete", resource, name=name)
+    if resource == "machines":
+        return json_response(await delete_machine(request, name))
     return json_response(await request.app[REGISTRY].delete(resource, name))
 
 
@@ -178,10 +194,14 @@ async def put_status(request: web.Request) -> web.Response:
     if kind not in HAS_STATUS:
         raise NotFound(f"{resource} have no status subresource")
     current = registry.get(resource, name)
-    authorize(user_of(request), "update", resource, name=name, subresource="status", obj=current)
+    user = user_of(request)
+    authorize(user, "update", resource, name=name, subresource="status", obj=current)
     body = await read_json(request)
     _check_body(kind, body, name=name)
     status = load_status(kind, name, body.get("status"))
+    if kind == "Instance" and user.role == "node":
+        machine = registry.find("machines", user.machine) or {}
+        check_node_instance_address(user, name, status["address"], (machine.get("status") or {}).get("address", ""))
     expected = (body.get("metadata") or {}).get("resourceVersion") or None
     return json_response(await registry.update_status(resource, name, status, expected_rv=expected))
 
@@ -229,6 +249,7 @@ async def put_scale(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[NODE_EVENT_LIMITER] = NodeEventLimiter()
     base = "/api/v1/{resource}"
     app.router.add_get("/api/v1/units/{name}/scale", get_scale)
     app.router.add_put("/api/v1/units/{name}/scale", put_scale)

@@ -28,6 +28,7 @@ ERRORS = {
     "413": "RequestEntityTooLarge: the body is over 1 MiB",
     "415": "UnsupportedMediaType",
     "422": "Invalid: one cause per bad field in details.causes",
+    "502": "BadGateway: the machine's agent answered something other than the log",
     "503": "ServiceUnavailable: etcd is unreachable",
 }
 
@@ -181,7 +182,9 @@ def _heartbeat_path(spec: APISpec) -> None:
                  "responses": {"200": {"description": "the machine and the lease TTL", "content": {
                      "application/json": {"schema": {"type": "object", "properties": {
                          "machine": {"$ref": "#/components/schemas/Machine"},
-                         "leaseTTL": {"type": "integer"}, "lease": {"type": "integer"}}}}}},
+                         "leaseTTL": {"type": "integer"}, "lease": {"type": "integer"},
+                         "logSigningKeys": {"type": "array", "items": {"type": "string"},
+                                            "description": "base64 Ed25519 public keys of log tickets"}}}}}},
                      **_error_responses("400", "401", "403", "413", "415", "422", "503")}},
     })
 
@@ -193,7 +196,7 @@ def _log_path(spec: APISpec) -> None:
                        {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
         "get": {"operationId": "readInstanceLog", "summary": "The instance's container output, from its agent",
                 "responses": {"200": {"description": "plain text", "content": {"text/plain": {"schema": {
-                    "type": "string"}}}}, **_error_responses("400", "401", "403", "404", "503")}},
+                    "type": "string"}}}}, **_error_responses("400", "401", "403", "404", "502", "503")}},
     })
 
 
