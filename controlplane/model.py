@@ -94,7 +94,7 @@ def machine_tombstone_key(machine: str) -> str:
 # put them on an Event, so a constraint on them (machineMetadata) is one a machine cannot forge.
 RESERVED_LABEL_PREFIX = "controlplane.io/"
 # The reasons of the Events an agent writes (agent/proxy/manager.py); a node token may write no other.
-AGENT_EVENT_REASONS = frozenset({"ProxyConfigRejected"})
+AGENT_EVENT_REASONS = frozenset({"ProxyConfigRejected", "RouteDropped"})
 
 
 # ---- the wire objects ----
