@@ -119,6 +119,14 @@ class BadGateway(CPError):
     code, reason = 502, "BadGateway"
 
 
+class PartialFailure(InternalError):
+    """Some objects of a bulk write failed: ``failures`` maps each object's name to its error."""
+
+    def __init__(self, message: str, failures: dict[str, CPError]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 class ServiceUnavailable(CPError):
     code, reason = 503, "ServiceUnavailable"
 

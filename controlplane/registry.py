@@ -19,7 +19,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from controlplane.errors import AlreadyExists, BadRequest, Conflict, NotFound
+from controlplane.errors import (
+    AlreadyExists,
+    BadRequest,
+    Conflict,
+    CPError,
+    NotFound,
+    PartialFailure,
+    RequestEntityTooLarge,
+)
 from controlplane.model import (
     API_VERSION,
     HAS_STATUS,
@@ -72,6 +80,27 @@ def carry_metadata(kind: str, current: dict[str, Any], new: dict[str, Any]) -> N
     for key in ("name", "uid", "creationTimestamp"):
         meta[key] = cur_meta.get(key)
     meta["generation"] = cur_meta.get("generation", 1) + (1 if _spec_of(kind, new) != _spec_of(kind, current) else 0)
+
+
+# etcd refuses requests over 1.5 MiB by default (--max-request-bytes); a bulk transaction stays under
+MAX_TXN_BYTES = 1024 * 1024
+
+
+def _chunks(items: list[tuple[str, str, bytes]], count: int, size: int) -> list[list[tuple[str, str, bytes]]]:
+    """``items`` in order, cut so no chunk holds more than ``count`` items or ``size`` bytes (an item
+    larger than ``size`` alone is a chunk of its own, for etcd to judge)."""
+    chunks: list[list[tuple[str, str, bytes]]] = []
+    current: list[tuple[str, str, bytes]] = []
+    used = 0
+    for item in items:
+        if current and (len(current) >= count or used + len(item[2]) > size):
+            chunks.append(current)
+            current, used = [], 0
+        current.append(item)
+        used += len(item[2])
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def encode_continue(name: str, revision: int) -> str:
@@ -180,35 +209,45 @@ class Registry:
         stamped["kind"], stamped["apiVersion"] = RESOURCES[resource], API_VERSION
         return stamped
 
-    async def create_many(self, resource: str, objs: JsonList, *, batch: int = 64) -> int:
-        """Create many objects in transactions of ``batch`` (the controllers' bulk path: 10,000 instances
-        are 157 etcd round trips, not 10,000). A batch that meets an existing name falls back to one
-        create per object; those that exist are skipped. Returns how many were created."""
+    async def create_many(self, resource: str, objs: JsonList, *, batch: int = 64,
+                          batch_bytes: int = MAX_TXN_BYTES) -> int:
+        """Create many objects in transactions of at most ``batch`` objects and ``batch_bytes`` bytes
+        (the controllers' bulk path: 10,000 instances are 157 etcd round trips, not 10,000; the byte
+        bound keeps a transaction under etcd's request size). A batch that fails falls back to one
+        create per object: those that exist are skipped, and the others that fail are raised together
+        as ``PartialFailure`` once every object has been tried, so one object that etcd refuses never
+        keeps the rest out. Returns how many were created."""
         stamped = [self._stamp_new(resource, obj) for obj in objs]
         created = 0
         last = 0
+        failures: dict[str, CPError] = {}
 
-        async def one_batch(chunk: JsonList) -> None:
+        async def one_batch(chunk: list[tuple[str, str, bytes]]) -> None:
             nonlocal created, last
-            items = [(object_key(resource, o["metadata"]["name"]), encode(o)) for o in chunk]
             try:
-                revision = await self._timed("create_many", self.store.create_many(items))
+                revision = await self._timed("create_many", self.store.create_many([(k, v) for _, k, v in chunk]))
                 created += len(chunk)
                 last = max(last, revision)
                 return
-            except AlreadyExists:
+            except (AlreadyExists, RequestEntityTooLarge):
                 pass
-            for key, value in items:
+            for name, key, value in chunk:
                 try:
                     revision = await self._timed("create", self.store.create(key, value))
                     created += 1
                     last = max(last, revision)
                 except AlreadyExists:
                     continue
+                except RequestEntityTooLarge as err:
+                    failures[name] = err
 
-        await asyncio.gather(*(one_batch(stamped[i:i + batch]) for i in range(0, len(stamped), batch)))
+        items = [(o["metadata"]["name"], object_key(resource, o["metadata"]["name"]), encode(o)) for o in stamped]
+        await asyncio.gather(*(one_batch(chunk) for chunk in _chunks(items, batch, batch_bytes)))
         if last:
             await self._settle(resource, last)
+        if failures:
+            names = ", ".join(sorted(failures)[:5])
+            raise PartialFailure(f"{len(failures)} of {len(objs)} {resource} not created ({names})", failures)
         return created
 
     async def _current(self, resource: str, name: str) -> dict[str, Any]:

@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from controlplane.controllers.cluster import ClusterPlan, EventNote, Write, WriteOp, plan_cluster
+from controlplane.controllers.failures import PERMANENT, WriteFailure, failure_of, has_failure, with_failure
 from controlplane.controllers.leader import campaign_forever
 from controlplane.controllers.metrics import ControllerMetrics
-from controlplane.controllers.writers import apply_batch, batches
-from controlplane.errors import AlreadyExists, Conflict, CPError, NotFound
+from controlplane.controllers.writers import Change, apply_batch, batches
+from controlplane.errors import AlreadyExists, Conflict, CPError, NotFound, PartialFailure
 from controlplane.model import PRESENCE_RESOURCE, event_object, now_rfc3339
 from controlplane.registry import Registry
 from controlplane.store.base import Store
@@ -167,12 +168,14 @@ class Controllers:
 
     async def apply(self, plan: ClusterPlan) -> int:
         """Apply the plan's writes phase by phase, then record its events in the background.
-        Every failed write is logged and counted; returns how many failed other than by a refusal."""
+        Every failed write is logged and counted, and one that cannot succeed is reported on its
+        unit (failures.py); returns how many failed for a reason a retry may fix."""
         sem = asyncio.Semaphore(WRITE_CONCURRENCY)
+        failures: list[WriteFailure] = []
 
         async def bounded(batch: list[Write]) -> int:
             async with sem:
-                return await self._apply_batch(batch)
+                return await self._apply_batch(batch, failures)
 
         failed = 0
         for phase in PHASES:
@@ -180,22 +183,49 @@ class Controllers:
             failed += sum(await asyncio.gather(*(bounded(batch) for batch in calls)))
         for note in plan.events:
             self.emit(note)
+        self._report_failures(failures)
         return failed
 
-    async def _apply_batch(self, batch: list[Write]) -> int:
+    async def _apply_batch(self, batch: list[Write], failures: list[WriteFailure]) -> int:
         """One registry call; its error is logged and counted, never raised. Returns how many
-        writes failed other than by a refusal."""
+        writes failed other than by a refusal or for good (those go to ``failures``)."""
         try:
             await apply_batch(self.registry, batch)
         except asyncio.CancelledError:
             raise
+        except PartialFailure as err:
+            by_name = {w.target: w for w in batch}
+            for name, error in err.failures.items():
+                self._log_failure([by_name[name]], error, refused=False)
+                self.metrics.refused_writes.labels(batch[0].op.value, error.reason).inc()
+                failures.append(failure_of(by_name[name], error, self.registry.caches["instances"].objects))
+            return 0
         except Exception as err:
             refused = isinstance(err, REFUSALS)
             self._log_failure(batch, err, refused=refused)
             label = err.reason if isinstance(err, CPError) else type(err).__name__
             self.metrics.refused_writes.labels(batch[0].op.value, label).inc(len(batch))
+            if isinstance(err, PERMANENT):
+                failures.extend(failure_of(w, err, self.registry.caches["instances"].objects) for w in batch)
+                return 0
             return 0 if refused else len(batch)
         return 0
+
+    def _report_failures(self, failures: list[WriteFailure]) -> None:
+        """A ReplicaFailure condition and one Warning Event per new failure on the unit it is for;
+        units that failed before and not in this pass get their condition cleared."""
+        failing = {f.unit: f for f in failures if f.unit}
+        for unit in self.registry.objects("units"):
+            name = unit["metadata"]["name"]
+            failure = failing.get(name)
+            if failure is None and not has_failure(unit.get("status") or {}):
+                continue
+            status = with_failure(unit.get("status") or {}, failure, now=now_rfc3339())
+            if status is None:
+                continue
+            if failure is not None:
+                self.emit(EventNote("Unit", name, "Warning", failure.reason, failure.message))
+            self._background(self.registry.mutate("units", name, _set_failure(failure)))
 
     @staticmethod
     def _log_failure(batch: Sequence[Write], err: Exception, *, refused: bool) -> None:
@@ -230,3 +260,15 @@ class Controllers:
         for event in self.registry.objects("events")[:500]:
             if (event.get("timestamp") or "") < cutoff:
                 self._background(self.registry.delete("events", event["metadata"]["name"]))
+
+
+def _set_failure(failure: WriteFailure | None) -> Change:
+    """Set (or clear) the unit's ReplicaFailure condition on the unit as it is when written."""
+
+    def change(obj: dict[str, Any]) -> dict[str, Any] | None:
+        status = with_failure(obj.get("status") or {}, failure, now=now_rfc3339())
+        if status is None:
+            return None
+        obj["status"] = status
+        return obj
+    return change

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aetcd
 import grpc
 
-from controlplane.errors import Gone, StoreUnavailable
+from controlplane.errors import Gone, RequestEntityTooLarge, StoreUnavailable
 
 log = logging.getLogger("controlplane.store.etcd")  # the store's logger: one name for its messages
 
@@ -90,6 +90,12 @@ def is_not_found(exc: BaseException) -> bool:
     return "not found" in str(exc)
 
 
+def is_too_large(exc: BaseException) -> bool:
+    """etcd (or gRPC before it) refused a request for its size: no other endpoint takes it either."""
+    text = str(exc)
+    return "request is too large" in text or "larger than max" in text
+
+
 def describe(exc: BaseException) -> str:
     err = rpc_error(exc)
     if err is not None:
@@ -143,6 +149,8 @@ class EndpointPool:
             try:
                 return await op(self.client(index), retrying)
             except Exception as exc:
+                if is_too_large(exc):
+                    raise RequestEntityTooLarge(f"etcd refused the write: {describe(exc)}") from exc
                 if not is_retryable(exc):
                     raise
                 tried.add(index)
