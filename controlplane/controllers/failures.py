@@ -29,11 +29,13 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class WriteFailure:
-    """``write`` failed with ``error``; ``unit`` is the unit it was for ("" when none)."""
+    """A write for ``unit`` ("" when none) failed: ``message`` (short, for the condition) and
+    ``detail`` (which write, for the Event and the log)."""
 
     unit: str
     reason: str
     message: str
+    detail: str
 
 
 def unit_of(write: Write, instances: Mapping[str, Mapping[str, Any]]) -> str:
@@ -48,7 +50,7 @@ def unit_of(write: Write, instances: Mapping[str, Mapping[str, Any]]) -> str:
 
 def failure_of(write: Write, error: CPError, instances: Mapping[str, Mapping[str, Any]]) -> WriteFailure:
     reason = _REASONS.get(write.op, "FailedWrite")
-    return WriteFailure(unit_of(write, instances), reason,
+    return WriteFailure(unit_of(write, instances), reason, error.message,
                         f"{write.op.value} {write.target} ({write.reason}) failed: {error.message}")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from controlplane.controllers.cluster import ClusterPlan, EventNote, Write, WriteOp, plan_cluster
-from controlplane.controllers.failures import PERMANENT, WriteFailure, failure_of, has_failure, with_failure
+from controlplane.controllers.failures import PERMANENT, WriteFailure, failure_of, with_failure
 from controlplane.controllers.leader import campaign_forever
 from controlplane.controllers.metrics import ControllerMetrics
 from controlplane.controllers.writers import Change, apply_batch, batches
@@ -69,6 +69,7 @@ class Controllers:
         self.passes = 0
         self.failed_writes = 0  # of the last pass, refusals not included
         self._event_tasks: set[asyncio.Task[None]] = set()
+        self._reported: dict[str, str] = {}  # unit -> the write failure last reported on it
 
     async def campaign(self) -> None:
         """Campaign for leadership forever; lead (run the reconcile loop) while elected."""
@@ -212,20 +213,22 @@ class Controllers:
         return 0
 
     def _report_failures(self, failures: list[WriteFailure]) -> None:
-        """A ReplicaFailure condition and one Warning Event per new failure on the unit it is for;
-        units that failed before and not in this pass get their condition cleared."""
+        """A ReplicaFailure condition and one Warning Event per new failure on the unit it is for
+        (once per distinct failure, even where the unit cannot take the condition); units that
+        failed before and not in this pass get their condition cleared."""
         failing = {f.unit: f for f in failures if f.unit}
+        for name in set(self._reported) - set(failing):
+            del self._reported[name]
+        for name, failure in failing.items():
+            if self._reported.get(name) != failure.detail:
+                self._reported[name] = failure.detail
+                self.emit(EventNote("Unit", name, "Warning", failure.reason, failure.detail))
         for unit in self.registry.objects("units"):
             name = unit["metadata"]["name"]
-            failure = failing.get(name)
-            if failure is None and not has_failure(unit.get("status") or {}):
-                continue
-            status = with_failure(unit.get("status") or {}, failure, now=now_rfc3339())
-            if status is None:
-                continue
-            if failure is not None:
-                self.emit(EventNote("Unit", name, "Warning", failure.reason, failure.message))
-            self._background(self.registry.mutate("units", name, _set_failure(failure)))
+            wanted = failing.get(name)
+            if with_failure(unit.get("status") or {}, wanted, now="") is not None:
+                self._background(self.registry.mutate("units", name, _set_failure(wanted)),
+                                 f"condition of unit {name}")
 
     @staticmethod
     def _log_failure(batch: Sequence[Write], err: Exception, *, refused: bool) -> None:
@@ -237,12 +240,15 @@ class Controllers:
             log.warning("write %s %s (%s) failed: %r", first.op.value, what, first.reason, err,
                         exc_info=not isinstance(err, CPError))
 
-    def _background(self, call: Awaitable[Any]) -> None:
-        """Best-effort writes (Events) that must not hold up the pass, as in Kubernetes."""
+    def _background(self, call: Awaitable[Any], what: str) -> None:
+        """Best-effort writes (Events, conditions) that must not hold up the pass, as in Kubernetes;
+        one that fails is logged, never raised."""
 
         async def run() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 await call
+            except Exception as err:
+                log.info("best-effort write %s failed: %s", what, err)
 
         task = asyncio.create_task(run())
         self._event_tasks.add(task)
@@ -251,7 +257,7 @@ class Controllers:
     def emit(self, note: EventNote) -> None:
         """Record an Event in the background."""
         obj = event_object(note.kind, note.name, type_=note.type, reason=note.reason, message=note.message)
-        self._background(self.registry.create("events", cast(dict[str, Any], obj)))
+        self._background(self.registry.create("events", cast(dict[str, Any], obj)), f"event {note.reason} on {note.kind} {note.name}")
 
     def _gc_events(self) -> None:
         if self.passes % 50:
@@ -259,7 +265,7 @@ class Controllers:
         cutoff = now_rfc3339(lambda: time.time() - EVENT_MAX_AGE_SECONDS)
         for event in self.registry.objects("events")[:500]:
             if (event.get("timestamp") or "") < cutoff:
-                self._background(self.registry.delete("events", event["metadata"]["name"]))
+                self._background(self.registry.delete("events", event["metadata"]["name"]), "expired event")
 
 
 def _set_failure(failure: WriteFailure | None) -> Change:

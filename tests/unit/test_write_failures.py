@@ -1,0 +1,56 @@
+"""Table tests: how a write the leader cannot make is put on its unit, and how bulk creates are cut."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.controllers.cluster import Write, WriteOp
+from controlplane.controllers.failures import WriteFailure, failure_of, unit_of, with_failure
+from controlplane.errors import RequestEntityTooLarge
+from controlplane.registry import _chunks
+
+FAIL = WriteFailure("web", "FailedCreate", "too large", "create_instance web-0 failed: too large")
+CONDITION = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "too large",
+             "lastTransitionTime": "T"}
+OTHER = {"type": "Available", "status": "True"}
+
+
+@pytest.mark.parametrize(("status", "failure", "expected"), [
+    ({}, None, None),                                          # nothing to clear
+    ({"conditions": [OTHER]}, None, None),
+    ({}, FAIL, {"conditions": [CONDITION]}),                   # set
+    ({"conditions": [OTHER]}, FAIL, {"conditions": [OTHER, CONDITION]}),
+    ({"conditions": [CONDITION]}, FAIL, None),                 # same failure: no write
+    ({"conditions": [{**CONDITION, "message": "old"}]}, FAIL, {"conditions": [CONDITION]}),
+    ({"replicas": 1, "conditions": [OTHER, CONDITION]}, None, {"replicas": 1, "conditions": [OTHER]}),  # cleared
+])
+def test_with_failure(status: dict[str, Any], failure: WriteFailure | None, expected: dict[str, Any] | None) -> None:
+    assert with_failure(status, failure, now="T") == expected
+
+
+def test_unit_of_each_write() -> None:
+    instance = {"spec": {"unit": "web"}}
+    assert unit_of(Write(WriteOp.CREATE_INSTANCE, "web-0", "r", instance=instance), {}) == "web"
+    assert unit_of(Write(WriteOp.UNIT_STATUS, "web", "r", status={}), {}) == "web"
+    assert unit_of(Write(WriteOp.BIND, "web-1", "r", machine="m1"), {"web-1": instance}) == "web"
+    assert unit_of(Write(WriteOp.BIND, "gone-1", "r", machine="m1"), {}) == ""
+
+
+def test_failure_of_names_the_write_in_its_detail_and_keeps_the_condition_short() -> None:
+    write = Write(WriteOp.CREATE_INSTANCE, "web-0", "scale up", instance={"spec": {"unit": "web"}})
+    failure = failure_of(write, RequestEntityTooLarge("request is too large"), {})
+    assert failure == WriteFailure("web", "FailedCreate", "request is too large",
+                                   "create_instance web-0 (scale up) failed: request is too large")
+
+
+@pytest.mark.parametrize(("sizes", "count", "limit", "expected"), [
+    ([1, 1, 1], 2, 100, [[1, 1], [1]]),           # by count
+    ([60, 50, 40], 10, 100, [[60], [50, 40]]),     # by bytes
+    ([150, 10], 10, 100, [[150], [10]]),           # one too large alone: a chunk of its own
+    ([], 10, 100, []),
+])
+def test_chunks(sizes: list[int], count: int, limit: int, expected: list[list[int]]) -> None:
+    items = [(f"n{i}", f"k{i}", b"x" * size) for i, size in enumerate(sizes)]
+    assert [[len(v) for _, _, v in chunk] for chunk in _chunks(items, count, limit)] == expected
