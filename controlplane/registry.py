@@ -34,6 +34,7 @@ RESOURCES: dict[str, str] = {
     "instances": "Instance",
     "endpoints": "Endpoints",
     "events": "Event",
+    "secrets": "Secret",
 }
 KIND_TO_RESOURCE = {kind: resource for resource, kind in RESOURCES.items()}
 # the part of an object whose change bumps metadata.generation
@@ -43,6 +44,7 @@ SPEC_FIELDS: dict[str, tuple[str, ...]] = {
     "Instance": ("spec",),
     "Endpoints": ("endpoints",),
     "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
+    "Secret": ("data",),
 }
 HAS_STATUS = {"Machine", "Unit", "Instance"}
 

@@ -15,6 +15,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from controlplane.errors import Cause, Invalid
+from controlplane.model import SECRET_MAX_BYTES
+from controlplane.secretref import parse_ref, valid_key
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_MESSAGE = "must be a DNS-1123 label: lower case letters, digits and '-', at most 63 characters"
@@ -24,6 +26,10 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 GLOB = re.compile(r"^[a-z0-9*?\[\]!-]{1,63}$")
 HTTP_PATH = re.compile(r"^/[\x21-\x7e]*$")
 PORT = validate.Range(min=1, max=65535)
+# Docker's User: "uid[:gid]" or "name[:group]" (a name must exist in the image's /etc/passwd)
+USER = re.compile(r"^([0-9]{1,10}|[a-z_][-a-z0-9_.]{0,31})(:([0-9]{1,10}|[a-z_][-a-z0-9_.]{0,31}))?$")
+CAPABILITY = re.compile(r"^[A-Z][A-Z_]{1,31}$")
+PIDS_LIMIT_CEILING = 1 << 22  # the schema's bound; the server's --max-pids-limit is checked at admission
 
 
 # JSON-schema (ECMA) forms of the patterns above, for the OpenAPI document; the validators use
@@ -54,6 +60,28 @@ def _env(value: dict[str, str]) -> None:
     for key in value:
         if not ENV_NAME.fullmatch(key):
             raise ValidationError(f"environment variable name {key!r} is not a valid C identifier")
+
+
+def _secret_env(value: dict[str, str]) -> None:
+    for var, ref in value.items():
+        if not ENV_NAME.fullmatch(var):
+            raise ValidationError(f"environment variable name {var!r} is not a valid C identifier")
+        try:
+            parse_ref(var, ref)
+        except ValueError as err:
+            raise ValidationError(f"{var}: {err}") from err
+
+
+def _secret_key(value: str) -> None:
+    if not valid_key(value):
+        raise ValidationError(f"key {value!r} must be 1-253 letters, digits, '-', '_' or '.' (not '.' or '..')")
+
+
+def _secret_size(value: dict[str, str]) -> None:
+    # the message names the limit only, never a value
+    size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in value.items())
+    if size > SECRET_MAX_BYTES:
+        raise ValidationError(f"keys and values together must not exceed {SECRET_MAX_BYTES} bytes")
 
 
 def _glob(value: str) -> None:
@@ -184,10 +212,20 @@ class UnitSpecSchema(Strict):
     health = fields.Nested(HealthSchema)
     expose = fields.Nested(ExposeSchema)
     proxy = fields.Nested(ProxySchema)
+    # security (README "Container defaults" and "Secrets"); absent means the default
+    secretEnv = fields.Dict(keys=fields.String(), values=fields.String(), validate=_secret_env)
+    user = fields.String(validate=FullMatch(USER, error="must be uid[:gid] or a user name[:group]"),
+                         metadata={"pattern": USER.pattern})
+    pidsLimit = fields.Integer(strict=True, validate=validate.Range(min=2, max=PIDS_LIMIT_CEILING))
+    allowPrivilegeEscalation = fields.Boolean()
+    capAdd = fields.List(fields.String(validate=FullMatch(CAPABILITY, error="must be a capability name like NET_ADMIN"),
+                                       metadata={"pattern": CAPABILITY.pattern}))
 
     @validates_schema
     def combinations(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, list[str]] = {}
+        for var in sorted(set(data.get("secretEnv") or {}) & set(data.get("env") or {})):
+            errors.setdefault("secretEnv", []).append(f"{var} is set by both env and secretEnv")
         if not data.get("image") and not data.get("proxy"):
             errors.setdefault("image", []).append("required unless the unit is a proxy")
         placement = data.get("placement") or {}
@@ -334,6 +372,17 @@ class EventSchema(Strict):
     count = fields.Integer(strict=True, load_default=1)
 
 
+class SecretSchema(Strict):
+    """A Secret: ``data`` maps keys (env-var or file names) to string values. Values are shown to
+    admins and to the node that runs an instance using them; everyone else reads them redacted."""
+
+    apiVersion = fields.String(validate=validate.Equal("v1"), load_default="v1")
+    kind = fields.String(validate=validate.Equal("Secret"), load_default="Secret")
+    metadata = fields.Nested(ObjectMetaSchema, required=True)
+    data = fields.Dict(keys=fields.String(validate=_secret_key), values=fields.String(), validate=_secret_size,
+                       load_default=dict)
+
+
 class ScaleSpecSchema(Strict):
     replicas = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=100000))
 
@@ -374,6 +423,7 @@ SCHEMAS: dict[str, type[Schema]] = {
     "Instance": InstanceSchema,
     "Endpoints": EndpointsSchema,
     "Event": EventSchema,
+    "Secret": SecretSchema,
 }
 STATUS_SCHEMAS: dict[str, type[Schema]] = {
     "Machine": MachineStatusSchema,

@@ -13,9 +13,10 @@ from typing import Any
 from aiohttp import web
 from marshmallow import ValidationError
 
+from controlplane.admission import admit, policy_of
 from controlplane.api.auth import authorize
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
-from controlplane.api.state import REGISTRY, user_of
+from controlplane.api.state import CONFIG, REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
 from controlplane.registry import HAS_STATUS, RESOURCES, not_found
@@ -96,7 +97,7 @@ async def create_object(request: web.Request) -> web.Response:
     authorize(user_of(request), "create", resource)
     body = await read_json(request)
     _check_body(kind, body)
-    obj = load_object(kind, body)
+    obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
@@ -121,7 +122,7 @@ async def replace_object(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check_body(kind, body, name=name)
     body.setdefault("metadata", {})["name"] = name
-    obj = load_object(kind, body)
+    obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
     return json_response(await request.app[REGISTRY].replace(resource, name, obj))
 
 
@@ -140,7 +141,7 @@ async def patch_object(request: web.Request) -> web.Response:
         merged = merge_patch(current, patch)
         _check_body(kind, merged, name=name)
         merged.setdefault("metadata", {})["name"] = name
-        obj = load_object(kind, merged)
+        obj = admit(kind, load_object(kind, merged), policy_of(request.app[CONFIG]))
         try:
             return json_response(
                 await registry.replace(

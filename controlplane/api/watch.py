@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
 from controlplane.registry import RESOURCES
 from controlplane.selectors import parse_field_selector, parse_label_selector
+from controlplane.watchcache import CacheEvent
 
 BOOKMARK_SECONDS = 5.0
 
@@ -31,7 +33,14 @@ def _bookmark(kind: str, revision: int) -> bytes:
     return _line("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": str(revision)}})
 
 
-async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse:
+def _event_line(event: CacheEvent, present: Callable[[dict[str, Any]], dict[str, Any]] | None) -> bytes:
+    return event.line() if present is None else _line(event.type, present(event.object))
+
+
+async def serve_watch(request: web.Request, resource: str, *,
+                      present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> web.StreamResponse:
+    """``present``, when given, is what the caller may see of each object (a Secret redacted): the
+    events are then encoded per watcher instead of the shared bytes."""
     registry = request.app[REGISTRY]
     cache = registry.caches[resource]
     kind = RESOURCES[resource]
@@ -52,10 +61,10 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
     initial: list[bytes] = []
     if from_rv <= 0:
         sub, _ = cache.subscribe(None, matches)
-        initial = [_line("ADDED", obj) for obj in cache.items() if matches(obj)]
+        initial = [_line("ADDED", present(obj) if present else obj) for obj in cache.items() if matches(obj)]
     else:
         sub, replay = cache.subscribe(from_rv, matches)  # raises Gone before any byte is sent
-        initial = [event.line() for event in replay]
+        initial = [_event_line(event, present) for event in replay]
 
     metrics = request.app[METRICS]
     response = web.StreamResponse(headers={"Content-Type": "application/json; stream=watch"})
@@ -81,13 +90,13 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
                 gone = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
                 await response.write(_line("ERROR", gone.to_status()))
                 break
-            chunk = [event.line()]
+            chunk = [_event_line(event, present)]
             while not sub.queue.empty() and len(chunk) < 256:
                 more = sub.queue.get_nowait()
                 if more is None:
                     sub.queue.put_nowait(None)
                     break
-                chunk.append(more.line())
+                chunk.append(_event_line(more, present))
             await response.write(b"".join(chunk))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
