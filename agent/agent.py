@@ -238,8 +238,9 @@ class Agent:
     async def docker_events_loop(self) -> None:
         while True:
             try:
-                async for _event in self.runtime.events(cluster=self.config.cluster):
-                    self.wake.set()
+                async for event in self.runtime.events(cluster=self.config.cluster):
+                    if not event.action.startswith("exec_"):  # probes' execs change nothing to sync
+                        self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as err:
