@@ -138,3 +138,30 @@ def test_unit_refuses_bad_security_fields(spec: dict[str, Any], field: str) -> N
     with pytest.raises(Invalid) as err:
         load_object("Unit", unit(**spec))
     assert field in [c.field for c in err.value.causes], err.value.causes
+
+
+def test_cpctl_create_secret_builds_the_object(tmp_path: Any) -> None:
+    import click
+
+    from controlplane.cli.create import secret_object
+
+    cert = tmp_path / "tls.crt"
+    cert.write_text("-----BEGIN CERT-----\n")
+    obj = secret_object("db", ("password=a=b", "user=app"), (str(cert), f"key={cert}"))
+    assert obj == {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+                   "data": {"password": "a=b", "user": "app", "tls.crt": "-----BEGIN CERT-----\n",
+                            "key": "-----BEGIN CERT-----\n"}}
+    for literals in (("novalue",), ("bad/key=x",), ("k=1", "k=2")):
+        with pytest.raises(click.BadParameter):
+            secret_object("db", literals, ())
+
+
+def test_secret_table_shows_keys_never_values() -> None:
+    from controlplane.cli.common import resolve_kind
+    from controlplane.cli.printers import table
+
+    assert {resolve_kind(k) for k in ("secret", "secrets", "sec", "Secret")} == {"secrets"}
+    secret = {"metadata": {"name": "db", "creationTimestamp": ""}, "data": {"user": "app", "password": "hunter2"}}
+    text = table("secrets", [secret], wide=True)
+    assert text.splitlines()[0].split() == ["NAME", "DATA", "AGE", "KEYS"]
+    assert text.splitlines()[1].split() == ["db", "2", "<unknown>", "password,user"] and "hunter2" not in text
