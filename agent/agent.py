@@ -29,6 +29,7 @@ from agent.health import Prober
 from agent.plugin import AgentPlugin
 from agent.reconcile import DesiredInstance
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeFailure
+from agent.secretenv import ApiSecrets, Scrubber
 from controlplane import __version__
 from controlplane.client import Client
 from controlplane.errors import Conflict, CPError, NotFound
@@ -58,15 +59,18 @@ class Agent:
     instances, hear of new containers, add status fields and run their own task."""
 
     def __init__(self, client: Client, runtime: Runtime, config: AgentConfig, *,
-                 plugins: Sequence[AgentPlugin] = (), clock: Callable[[], float] = time.monotonic) -> None:
+                 plugins: Sequence[AgentPlugin] = (), clock: Callable[[], float] = time.monotonic,
+                 scrubber: Scrubber | None = None) -> None:
         self.client = client
         self.runtime = runtime
         self.config = config
         self.plugins = tuple(plugins)
         self.clock = clock
         self.prober = Prober(runtime)
+        self.scrubber = scrubber or Scrubber()  # the Secret values read here; main.py filters logs with it
         self.executor = Executor(runtime, cluster=config.cluster, machine=config.machine, address=config.address,
-                                 prober=self.prober)
+                                 prober=self.prober, secret_source=ApiSecrets(client, self.scrubber),
+                                 scrubber=self.scrubber)
         self.instances: dict[str, dict[str, Any]] = {}  # the mirror's: validated Instance objects
         self.reported: dict[str, InstanceStatus] = {}  # what the API holds, as far as we know
         self.containers: dict[str, str] = {}  # instance -> the container id last told to the plugins
@@ -237,8 +241,9 @@ class Agent:
     async def docker_events_loop(self) -> None:
         while True:
             try:
-                async for _event in self.runtime.events(cluster=self.config.cluster):
-                    self.wake.set()
+                async for event in self.runtime.events(cluster=self.config.cluster):
+                    if not event.action.startswith("exec_"):  # probes' execs change nothing to sync
+                        self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as err:

@@ -3,7 +3,9 @@
 Thin on purpose: `plan` decides, this module acts and then describes what it sees in the contract's
 `Instance.status` format. It owns the backoff table the planner reads, pulls missing images (a pull
 that fails becomes phase Failed / ImagePullFailed, never an exception), sets CP_UNIT, CP_INSTANCE
-and CP_MACHINE on every container, and hands the prober its targets.
+and CP_MACHINE on every container, reads the values of a unit's secretEnv right before it creates
+the container (agent/secretenv.py; a missing Secret or key is phase Failed /
+CreateContainerConfigError, retried with backoff), and hands the prober its targets.
 
 The agent's main loop calls `Executor.sync(desired)` on every wake-up (watch event, container event,
 timer, `requeue_after`) and writes the statuses it returns.
@@ -32,10 +34,23 @@ from agent.runtime.base import (
     RuntimeFailure,
     RuntimeUnavailable,
 )
+from agent.secretenv import Scrubber, SecretConfigError, SecretSource
 
 log = logging.getLogger(__name__)
 
 Status = dict[str, Any]
+CONFIG_ERROR = "CreateContainerConfigError"  # Kubernetes' reason for a missing Secret or key
+CONFIG_RETRY_INITIAL = 1.0
+CONFIG_RETRY_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class ConfigWait:
+    """An instance whose secretEnv could not be satisfied: when to look again, and what was said."""
+
+    message: str
+    next_try: float
+    delay: float
 
 
 @dataclass
@@ -71,6 +86,8 @@ class Executor:
         prober: Prober | None = None,
         clock: Callable[[], float] = time.time,
         stop_timeout: float = 10.0,
+        secret_source: SecretSource | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.runtime = runtime
         self.cluster = cluster
@@ -80,6 +97,9 @@ class Executor:
         self.clock = clock
         self.stop_timeout = stop_timeout
         self.backoff: dict[str, BackoffState] = {}
+        self.secret_source = secret_source
+        self.scrubber = scrubber or Scrubber()
+        self.config_waits: dict[str, ConfigWait] = {}
 
     async def sync(self, desired: Sequence[DesiredInstance]) -> SyncResult:
         """List this machine's containers, plan, apply. Raises RuntimeUnavailable when the engine
@@ -88,9 +108,9 @@ class Executor:
         actions = plan(desired, actual, now=self.clock(), backoff=self.backoff)
         result = await self.apply(actions)
         wanted = {d.name for d in desired}
-        for name in list(self.backoff):
-            if name not in wanted:
-                del self.backoff[name]
+        for table in (self.backoff, self.config_waits):
+            for name in [n for n in table if n not in wanted]:
+                del table[name]
         return result
 
     async def apply(self, actions: Sequence[Action]) -> SyncResult:
@@ -107,8 +127,11 @@ class Executor:
             result.statuses[action.instance] = status
             if container is not None and container.state == "running" and action.desired is not None:
                 running[action.instance] = (action.desired, container)
-            if action.kind == "restart" and action.delay > 0:
-                due = action.delay
+            due = action.delay if action.kind == "restart" and action.delay > 0 else None
+            wait = self.config_waits.get(action.instance) if action.kind == "create" else None
+            if wait is not None:
+                due = max(wait.next_try - self.clock(), 0.05)
+            if due is not None:
                 result.requeue_after = due if result.requeue_after is None else min(result.requeue_after, due)
         if self.prober is not None:
             self.prober.update(self._probe_targets(running))
@@ -155,19 +178,24 @@ class Executor:
             reason = {"create": "CreateFailed", "start": "StartFailed", "restart": "StartFailed"}.get(
                 action.kind, "RuntimeError"
             )
-            result.errors.append(f"{action.kind} {d.name}: {err}")
-            log.warning("%s %s failed: %s", action.kind, d.name, err)
-            return self._status(d, None, phase="Failed", reason=reason, message=str(err)), None
+            message = self.scrubber.scrub(str(err))  # an engine error may echo the create body
+            result.errors.append(f"{action.kind} {d.name}: {message}")
+            log.warning("%s %s failed: %s", action.kind, d.name, message)
+            return self._status(d, None, phase="Failed", reason=reason, message=message), None
 
     async def _create(self, d: DesiredInstance, action: Action) -> tuple[Status, Container | None]:
         if not d.image:
             return self._status(d, None, phase="Failed", reason="InvalidSpec", message="no image given"), None
         try:
+            secret_env = await self._secret_env(d)
+        except SecretConfigError as err:
+            return self._status(d, None, phase="Failed", reason=CONFIG_ERROR, message=str(err)), None
+        try:
             if not await self.runtime.image_present(d.image):
                 log.info("pulling %s for %s", d.image, d.name)
                 await self.runtime.pull(d.image)
             log.info("create %s: %s", d.name, action.reason)
-            container = await self.runtime.create_and_start(self.container_spec(d))
+            container = await self.runtime.create_and_start(self.container_spec(d, secret_env=secret_env))
         except (ImagePullError, ImageNotFound) as err:
             message = str(err) if isinstance(err, ImagePullError) else f"image {d.image!r} is missing: {err}"
             return self._status(d, None, phase="Failed", reason="ImagePullFailed", message=message), None
@@ -193,8 +221,34 @@ class Executor:
         self.backoff[d.name] = BackoffState(crashes=action.crashes, restarts=old.restarts + 1)
         return self._running_status(d, container), container
 
-    def container_spec(self, d: DesiredInstance) -> ContainerSpec:
+    async def _secret_env(self, d: DesiredInstance) -> dict[str, str]:
+        """The values of ``d.secret_env``; SecretConfigError, logged once per new message and retried
+        with backoff (1 s doubling to 30 s) rather than on every sync."""
+        if not d.secret_env:
+            return {}
+        now = self.clock()
+        wait = self.config_waits.get(d.name)
+        if wait is not None and now < wait.next_try:
+            raise SecretConfigError(wait.message)
+        if self.secret_source is None:
+            message = "this agent has no way to read Secrets"
+        else:
+            try:
+                env = await self.secret_source.environment(d.secret_env)
+                self.config_waits.pop(d.name, None)
+                return env
+            except SecretConfigError as err:
+                message = self.scrubber.scrub(str(err))
+        if wait is None or wait.message != message:
+            log.warning("instance %s cannot start: %s", d.name, message)
+        delay = CONFIG_RETRY_INITIAL if wait is None else min(wait.delay * 2, CONFIG_RETRY_MAX)
+        self.config_waits[d.name] = ConfigWait(message, now + delay, delay)
+        raise SecretConfigError(message)
+
+    def container_spec(self, d: DesiredInstance, *, secret_env: Mapping[str, str] | None = None) -> ContainerSpec:
+        """The container for ``d``: its env, then its Secret values, then CP_*; hardened by default."""
         env = dict(d.env)
+        env.update(secret_env or {})
         env.update({"CP_UNIT": d.unit, "CP_INSTANCE": d.name, "CP_MACHINE": self.machine})
         return ContainerSpec(
             name=container_name(self.cluster, d),
@@ -209,6 +263,10 @@ class Executor:
             cpu=d.cpu,
             memory_mb=d.memory_mb,
             init=True,
+            user=d.user,
+            pids_limit=d.pids_limit,
+            no_new_privileges=not d.allow_privilege_escalation,
+            cap_add=d.cap_add,
         )
 
     # --- status ----------------------------------------------------------------------------
@@ -220,7 +278,7 @@ class Executor:
             "phase": phase,
             "ready": ready,
             "reason": reason,
-            "message": message,
+            "message": self.scrubber.scrub(message),  # probe output or engine errors may carry a value
             "containerID": c.id if c else "",
             "address": self.address,
             "hostPorts": [p.to_wire() for p in c.host_ports] if c else [],

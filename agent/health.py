@@ -181,6 +181,8 @@ class Prober:
                 self._added.pop(name, None)
         for name, target in targets.items():
             old = self.targets.get(name)
+            if old == target:
+                continue  # keep the same object: a probe in flight for it still counts when it ends
             if old is None or (old.container_id, old.started_at) != (target.container_id, target.started_at):
                 self.states[name] = ProbeState()
                 self._due[name] = self._added[name] = self.clock()

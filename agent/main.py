@@ -22,6 +22,7 @@ from agent.agent import Agent, AgentConfig
 from agent.logserver import make_log_app
 from agent.proxy.manager import ProxyManager
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
+from agent.secretenv import Scrubber, install_log_filter
 from controlplane.client import Client
 from controlplane.model import DEFAULT_PROXY_IMAGE
 
@@ -62,7 +63,7 @@ def make_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | None) -
 
 
 async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
-                    known_hosts: str | None, ssh_key: str | None) -> None:
+                    known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None) -> None:
     runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     connect = getattr(runtime, "connect", None)
     if connect is not None:  # ssh://: a refused host key is fatal and said at once, not retried in a loop
@@ -76,7 +77,7 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
     client = Client(server, token=token, ca=ca, timeout=5.0)
     proxies = ProxyManager(client, runtime, cluster=config.cluster, machine=config.machine,
                            address=config.address, state_dir=Path(config.state_dir))
-    agent = Agent(client, runtime, config, plugins=[proxies])
+    agent = Agent(client, runtime, config, plugins=[proxies], scrubber=scrubber)
 
     def container_ids() -> dict[str, str]:
         return {name: status["containerID"] for name, status in agent.reported.items() if status.get("containerID")}
@@ -138,6 +139,8 @@ def main(server: str, token: str | None, token_file: str | None, ca: str | None,
          state_dir: str, log_level: str) -> None:
     """The controlplane agent: runs this machine's instances as Docker containers."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scrubber = Scrubber()
+    install_log_filter(scrubber)  # no Secret value the agent reads reaches its log
     if token_file:
         token = Path(token_file).read_text().strip()
     host_cpu, host_memory = host_capacity()
@@ -148,12 +151,12 @@ def main(server: str, token: str | None, token_file: str | None, ca: str | None,
     )
     try:
         asyncio.run(run_agent(server=server, token=token, ca=ca, config=config, docker=docker,
-                              known_hosts=known_hosts, ssh_key=ssh_key))
+                              known_hosts=known_hosts, ssh_key=ssh_key, scrubber=scrubber))
     except KeyboardInterrupt:
         pass
     except Exception as err:  # a clear one-line reason, the traceback in the debug log
         log.debug("agent failed", exc_info=True)
-        click.echo(f"cp-agent: {err}", err=True)
+        click.echo(f"cp-agent: {scrubber.scrub(str(err))}", err=True)
         sys.exit(1)
 
 

@@ -38,7 +38,14 @@ from agent.runtime.base import (
     Container,
     PortMapping,
 )
-from controlplane.model import DEFAULT_PROTOCOL, DEFAULT_RESTART_POLICY, RESTART_POLICIES, RestartPolicy
+from controlplane.model import (
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_PROTOCOL,
+    DEFAULT_RESTART_POLICY,
+    RESTART_POLICIES,
+    RestartPolicy,
+)
+from controlplane.secretref import SecretRef, secret_refs
 
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
@@ -68,6 +75,12 @@ class DesiredInstance:
     health: Mapping[str, Any] | None = None
     binds: tuple[Bind, ...] = ()
     network: str = ""
+    # security (README "Container defaults", "Secrets"); the secret values are fetched at create time
+    secret_env: tuple[SecretRef, ...] = ()
+    user: str = ""
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    allow_privilege_escalation: bool = False
+    cap_add: tuple[str, ...] = ()
 
     @classmethod
     def from_instance(
@@ -106,6 +119,11 @@ class DesiredInstance:
             memory_mb=int(resources["memoryMB"]) if resources.get("memoryMB") else None,
             restart_policy=policy,
             health=get("health") or None,
+            secret_env=tuple(secret_refs({"secretEnv": get("secretEnv") or {}})),
+            user=str(get("user") or ""),
+            pids_limit=int(get("pidsLimit") or DEFAULT_PIDS_LIMIT),
+            allow_privilege_escalation=bool(get("allowPrivilegeEscalation")),
+            cap_add=tuple(sorted(str(c).upper().removeprefix("CAP_") for c in get("capAdd") or ())),
         )
 
 

@@ -28,6 +28,7 @@ RESOURCES: dict[str, str] = {
     "instances": "Instance",
     "endpoints": "Endpoints",
     "events": "Event",
+    "secrets": "Secret",
 }
 KIND_TO_RESOURCE: dict[str, str] = {kind: resource for resource, kind in RESOURCES.items()}
 # kinds with a /status subresource
@@ -39,6 +40,7 @@ SPEC_FIELDS: dict[str, tuple[str, ...]] = {
     "Instance": ("spec",),
     "Endpoints": ("endpoints",),
     "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
+    "Secret": ("data",),
 }
 
 # ---- defaults (schemas.py loads with these; views read missing fields as these) ----
@@ -58,6 +60,16 @@ DEFAULT_PROTOCOL = "tcp"
 DEFAULT_REPLICAS = 1
 DEFAULT_PROXY_PORT = 80
 DEFAULT_PROXY_IMAGE = "local/nginx:latest"
+
+# container defaults for untrusted workloads (README "Container defaults"); the pids limit a unit
+# gets when it names none and the most it may ask for are cp-apiserver flags with these defaults
+DEFAULT_PIDS_LIMIT = 1024
+MAX_PIDS_LIMIT = 4096
+DEFAULT_CAP_DROP = ("NET_RAW",)
+
+# what a Secret's values read as for every role but admin (and the node that runs them)
+SECRET_REDACTED = "<redacted>"
+SECRET_MAX_BYTES = 64 * 1024  # all keys and values of one Secret together
 
 PHASES = ("Pending", "Starting", "Running", "Failed", "Stopped")
 MACHINE_STATES = ("Ready", "NotReady")
@@ -146,6 +158,10 @@ UnitSpec = TypedDict("UnitSpec", {
     "image": str, "command": list[str], "env": dict[str, str], "ports": list[PortSpec], "replicas": int,
     "global": bool, "resources": Resources, "restartPolicy": str, "placement": Placement,
     "health": dict[str, Any], "expose": Expose, "proxy": ProxyConfig,
+    # security (README "Container defaults", "Secrets"): env vars from Secrets ("secret/key"), the
+    # user to run as, and the overrides of the defaults within the server's bounds
+    "secretEnv": dict[str, str], "user": str, "pidsLimit": int, "allowPrivilegeEscalation": bool,
+    "capAdd": list[str],
 }, total=False)
 
 
@@ -268,6 +284,13 @@ class Event(TypedDict, total=False):
     message: str
     timestamp: str
     count: int
+
+
+class Secret(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    data: dict[str, str]  # key (an env-var or file name) -> value
 
 
 # ---- builders ----

@@ -10,55 +10,45 @@ the error side (the Status schema, marshmallow errors as Invalid) from ``control
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from controlplane.errors import Cause, Invalid
 from controlplane.model import (
     API_VERSION,
     DEFAULT_PROTOCOL,
-    DEFAULT_PROXY_PORT,
     DEFAULT_REPLICAS,
     DEFAULT_RESTART_POLICY,
     DEFAULT_SPREAD,
     MACHINE_STATES,
     PHASES,
     PROTOCOLS,
-    PROXY_KINDS,
     RESTART_POLICIES,
     SPREADS,
 )
 from controlplane.scheduler.rules import placement_causes
 from controlplane.schema_errors import invalid_from
+from controlplane.schema_parts import ExposeSchema, HealthSchema, ProxySchema, Strict, instance
 from controlplane.validators import (
+    CAPABILITY,
     DNS_LABEL_OR_EMPTY_SPEC,
     DNS_LABEL_SPEC,
     GLOB,
-    HTTP_PATH,
     LABEL_KEY,
+    PIDS_LIMIT_CEILING,
     PORT,
+    USER,
     FullMatch,
     dns_label,
     dns_label_or_empty,
     env_names,
     label_map,
+    secret_env,
+    secret_key,
+    secret_size,
     unit_glob,
 )
-
-
-@functools.cache
-def instance(cls: type[Schema]) -> Schema:
-    """One shared instance per schema class. Building a Schema deep-copies its declared fields (and
-    a Nested field builds its schema on first use), which was most of the CPU of a create; loads
-    are synchronous, so one instance serves every request of the event loop."""
-    return cls()
-
-
-class Strict(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class ObjectMetaSchema(Strict):
@@ -96,57 +86,6 @@ class PlacementSchema(Strict):
     machine = fields.String(validate=dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
 
 
-class HttpProbeSchema(Strict):
-    path = fields.String(validate=FullMatch(HTTP_PATH, error="must be an absolute URL path"), load_default="/")
-    port = fields.Integer(required=True, strict=True, validate=PORT)
-
-
-class TcpProbeSchema(Strict):
-    port = fields.Integer(required=True, strict=True, validate=PORT)
-
-
-class ExecProbeSchema(Strict):
-    command = fields.List(fields.String(), required=True, validate=validate.Length(min=1))
-
-
-class HealthSchema(Strict):
-    http = fields.Nested(HttpProbeSchema)
-    tcp = fields.Nested(TcpProbeSchema)
-    exec = fields.Nested(ExecProbeSchema)
-    periodSeconds = fields.Float(validate=validate.Range(min=0.1, max=3600), load_default=2.0)
-    timeoutSeconds = fields.Float(validate=validate.Range(min=0.1, max=3600), load_default=1.0)
-    failureThreshold = fields.Integer(strict=True, validate=validate.Range(min=1, max=100), load_default=3)
-
-    @validates_schema
-    def one_probe(self, data: dict[str, Any], **_: Any) -> None:
-        probes = [k for k in ("http", "tcp", "exec") if k in data]
-        if len(probes) != 1:
-            raise ValidationError("exactly one of http, tcp or exec is required", "http")
-
-
-class ExposeSchema(Strict):
-    host = fields.String(required=True, validate=dns_label, metadata=DNS_LABEL_SPEC)
-    port = fields.Integer(strict=True, validate=PORT)
-
-
-class ProxySchema(Strict):
-    kind = fields.String(required=True, validate=validate.OneOf(PROXY_KINDS))
-    target = fields.String(validate=dns_label, metadata=DNS_LABEL_SPEC)
-    domain = fields.String(
-        validate=FullMatch(
-            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$", error="must be a DNS domain"
-        )
-    )
-    port = fields.Integer(strict=True, validate=PORT, load_default=DEFAULT_PROXY_PORT)
-
-    @validates_schema
-    def kind_fields(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("kind") == "loadbalancer" and not data.get("target"):
-            raise ValidationError("a loadbalancer proxy needs a target unit", "target")
-        if data.get("kind") == "edge" and not data.get("domain"):
-            raise ValidationError("an edge proxy needs a domain", "domain")
-
-
 class UnitSpecSchema(Strict):
     image = fields.String(validate=validate.Length(min=1, max=512))
     command = fields.List(fields.String(), load_default=list)
@@ -161,10 +100,20 @@ class UnitSpecSchema(Strict):
     health = fields.Nested(HealthSchema)
     expose = fields.Nested(ExposeSchema)
     proxy = fields.Nested(ProxySchema)
+    # security (README "Container defaults" and "Secrets"); absent means the default
+    secretEnv = fields.Dict(keys=fields.String(), values=fields.String(), validate=secret_env)
+    user = fields.String(validate=FullMatch(USER, error="must be uid[:gid] or a user name[:group]"),
+                         metadata={"pattern": USER.pattern})
+    pidsLimit = fields.Integer(strict=True, validate=validate.Range(min=2, max=PIDS_LIMIT_CEILING))
+    allowPrivilegeEscalation = fields.Boolean()
+    capAdd = fields.List(fields.String(validate=FullMatch(CAPABILITY, error="must be a capability name like NET_ADMIN"),
+                                       metadata={"pattern": CAPABILITY.pattern}))
 
     @validates_schema
     def combinations(self, data: dict[str, Any], **_: Any) -> None:
         errors: dict[str, list[str]] = {}
+        for var in sorted(set(data.get("secretEnv") or {}) & set(data.get("env") or {})):
+            errors.setdefault("secretEnv", []).append(f"{var} is set by both env and secretEnv")
         if not data.get("image") and not data.get("proxy"):
             errors.setdefault("image", []).append("required unless the unit is a proxy")
         # fleet's refused placement combinations: the rule lives beside the scheduler's filters
@@ -325,6 +274,17 @@ class EventSchema(Strict):
     count = fields.Integer(strict=True, load_default=1)
 
 
+class SecretSchema(Strict):
+    """A Secret: ``data`` maps keys (env-var or file names) to string values. Values are shown to
+    admins and to the node that runs an instance using them; everyone else reads them redacted."""
+
+    apiVersion = fields.String(validate=validate.Equal("v1"), load_default="v1")
+    kind = fields.String(validate=validate.Equal("Secret"), load_default="Secret")
+    metadata = fields.Nested(ObjectMetaSchema, required=True)
+    data = fields.Dict(keys=fields.String(validate=secret_key), values=fields.String(), validate=secret_size,
+                       load_default=dict)
+
+
 class ScaleSpecSchema(Strict):
     replicas = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=100000))
 
@@ -343,6 +303,7 @@ SCHEMAS: dict[str, type[Schema]] = {
     "Instance": InstanceSchema,
     "Endpoints": EndpointsSchema,
     "Event": EventSchema,
+    "Secret": SecretSchema,
 }
 STATUS_SCHEMAS: dict[str, type[Schema]] = {
     "Machine": MachineStatusSchema,

@@ -12,6 +12,9 @@ from typing import Any
 
 from marshmallow import ValidationError, validate
 
+from controlplane.model import SECRET_MAX_BYTES
+from controlplane.secretref import parse_ref, valid_key
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_LABEL_MESSAGE = "must be a DNS-1123 label: lower case letters, digits and '-', at most 63 characters"
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -65,3 +68,31 @@ class FullMatch(validate.Regexp):
         if self.regex.fullmatch(value) is None:
             raise ValidationError(self._format_error(value))
         return value
+
+
+# Docker's User: "uid[:gid]" or "name[:group]" (a name must exist in the image's /etc/passwd)
+USER = re.compile(r"^([0-9]{1,10}|[a-z_][-a-z0-9_.]{0,31})(:([0-9]{1,10}|[a-z_][-a-z0-9_.]{0,31}))?$")
+CAPABILITY = re.compile(r"^[A-Z][A-Z_]{1,31}$")
+PIDS_LIMIT_CEILING = 1 << 22  # the schema's bound; the server's --max-pids-limit is checked at admission
+
+
+def secret_env(value: dict[str, str]) -> None:
+    for var, ref in value.items():
+        if not ENV_NAME.fullmatch(var):
+            raise ValidationError(f"environment variable name {var!r} is not a valid C identifier")
+        try:
+            parse_ref(var, ref)
+        except ValueError as err:
+            raise ValidationError(f"{var}: {err}") from err
+
+
+def secret_key(value: str) -> None:
+    if not valid_key(value):
+        raise ValidationError(f"key {value!r} must be 1-253 letters, digits, '-', '_' or '.' (not '.' or '..')")
+
+
+def secret_size(value: dict[str, str]) -> None:
+    # the message names the limit only, never a value
+    size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in value.items())
+    if size > SECRET_MAX_BYTES:
+        raise ValidationError(f"keys and values together must not exceed {SECRET_MAX_BYTES} bytes")

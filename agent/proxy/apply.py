@@ -18,6 +18,10 @@ folder and does, for every new config text::
 ``nginx.conf`` before nginx starts, so a restart after a failed (or interrupted)
 update boots the last config that was proven to serve.
 
+Every file is read and written through safefs.py: relative to a descriptor of the folder,
+never following a symlink, so a symlink planted in the folder (``nginx.conf -> /etc/shadow``)
+is neither read nor written through; it is replaced by the applier's own file.
+
 The nginx process itself is reached through an :class:`NginxRunner`; runners.py has the
 two kinds (a local child process, a container reached by exec).
 """
@@ -25,12 +29,12 @@ two kinds (a local child process, a container reached by exec).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from agent.proxy import safefs
 from agent.proxy.render import extract_hash
 
 CONF_NAME = "nginx.conf"
@@ -71,17 +75,6 @@ class ApplyResult:
     reason: str = ""  # why not ok; empty on success
     rolled_back: bool = False  # the live config was swapped and then restored
     seconds: float = 0.0
-
-
-def _atomic_write(path: Path, text: str, *, durable: bool = False) -> None:
-    """Write a temp file next to ``path`` and ``os.replace`` it: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class NginxApplier:
@@ -136,15 +129,14 @@ class NginxApplier:
         becomes both ``nginx.conf`` and ``last-good.conf``; the next :meth:`apply`
         brings the real routes.
         """
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        if self.last_good_path.exists():
-            good = self.last_good_path.read_text(encoding="utf-8")
-        else:
-            good = initial_text
-            _atomic_write(self.last_good_path, good, durable=True)
-        if not self.conf_path.exists() or self.conf_path.read_text(encoding="utf-8") != good:
-            _atomic_write(self.conf_path, good)
-        self.staged_path.unlink(missing_ok=True)
+        with safefs.open_dir(self.conf_dir) as folder:
+            good = safefs.read_text(folder, LAST_GOOD_NAME)
+            if good is None:
+                good = initial_text
+                safefs.write_atomic(folder, LAST_GOOD_NAME, good, durable=True)
+            if safefs.read_text(folder, CONF_NAME) != good:
+                safefs.write_atomic(folder, CONF_NAME, good)
+            safefs.unlink(folder, STAGED_NAME)
         self._good_text = good
         return self.conf_path
 
@@ -164,9 +156,10 @@ class NginxApplier:
 
     async def _apply(self, text: str) -> ApplyResult:
         if self._good_text is None:
-            if not self.last_good_path.exists():
+            with safefs.open_dir(self.conf_dir, create=False) as folder:
+                self._good_text = safefs.read_text(folder, LAST_GOOD_NAME)
+            if self._good_text is None:
                 raise RuntimeError("NginxApplier.prepare() must run before apply()")
-            self._good_text = self.last_good_path.read_text(encoding="utf-8")
         good_hash = self.current_hash
         if text == self._good_text:
             return ApplyResult(ok=True, changed=False, config_hash=good_hash)
@@ -178,18 +171,20 @@ class NginxApplier:
                 return ApplyResult(False, False, good_hash, f"same config failed before: {self._failed[2]}")
 
         # 1. stage and validate the whole file; the live config is not touched on refusal
-        _atomic_write(self.staged_path, text)
+        self._write(STAGED_NAME, text)
         ok, out = await self.runner.test(self.staged_path)
         if not ok:
-            self.staged_path.unlink(missing_ok=True)
+            with safefs.open_dir(self.conf_dir) as folder:
+                safefs.unlink(folder, STAGED_NAME)
             return self._fail(new_hash, good_hash, f"nginx -t refused the config: {out.strip()}", False)
 
         # 2. atomic swap, 3. reload, 4. prove
-        os.replace(self.staged_path, self.conf_path)
+        with safefs.open_dir(self.conf_dir) as folder:
+            safefs.replace(folder, STAGED_NAME, CONF_NAME)
         self.reloads += 1
         ok, out = await self.runner.reload()
         if ok and await self._wait_for_hash(new_hash):
-            _atomic_write(self.last_good_path, text, durable=True)
+            self._write(LAST_GOOD_NAME, text, durable=True)
             self._good_text = text
             self._failed = None
             return ApplyResult(ok=True, changed=True, config_hash=new_hash)
@@ -202,7 +197,7 @@ class NginxApplier:
 
         # 5. roll back to the last good config
         assert self._good_text is not None
-        _atomic_write(self.conf_path, self._good_text)
+        self._write(CONF_NAME, self._good_text)
         self.reloads += 1
         rok, rout = await self.runner.reload()
         # No settle: after a reload that did not take, the old workers ARE the good config;
@@ -210,6 +205,10 @@ class NginxApplier:
         if not (rok and good_hash and await self._wait_for_hash(good_hash, settle=False)):
             reason += f"; rollback not confirmed either ({rout.strip() or 'old hash not served'})"
         return self._fail(new_hash, good_hash, reason, True)
+
+    def _write(self, name: str, text: str, *, durable: bool = False) -> None:
+        with safefs.open_dir(self.conf_dir) as folder:
+            safefs.write_atomic(folder, name, text, durable=durable)
 
     def _fail(self, new_hash: str, good_hash: str | None, reason: str, rolled_back: bool) -> ApplyResult:
         self._failed = (new_hash, time.monotonic(), reason)

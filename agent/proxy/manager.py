@@ -2,7 +2,9 @@
 
 A plug-in of the agent (agent/plugin.py). For each proxy instance bound here the manager
 - shapes its container (``shape``): the proxy image, ``nginx -c /etc/cp-nginx/nginx.conf``
-  and the instance's config folder bind-mounted at /etc/cp-nginx, made bootable before start;
+  and the instance's config folder bind-mounted READ-ONLY at /etc/cp-nginx, made bootable before
+  start (nginx writes nothing there: its pid file and temp folders are in the container's /tmp,
+  render.py's ``run_dir``; the agent writes the folder from the host, through safefs.py);
 - follows Units and Endpoints (list+watch through the API) and, debounced, renders the whole
   config (routes.py chooses, render.py writes, both pure) and applies it (apply.py: validate,
   swap, reload, verify, roll back) into the container the agent last reported (``container_changed``);
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from agent.proxy import safefs
 from agent.proxy.apply import NginxApplier
 from agent.proxy.debounce import Debouncer
 from agent.proxy.render import RenderResult, render
@@ -34,6 +37,7 @@ from controlplane.mirror import mirror
 from controlplane.model import Instance, InstanceStatus, event_object
 
 log = logging.getLogger(__name__)
+PORTS_NAME = "ports.json"
 NGINX_COMMAND = ("nginx", "-c", f"{CONTAINER_DIR}/nginx.conf", "-g", "daemon off;")
 
 
@@ -89,19 +93,20 @@ class ProxyInstance:
         self.name = name
         self.container_port = spec.port
         self.conf_dir = conf_dir
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        ports_file = conf_dir / "ports.json"
         saved: dict[str, int] = {}
-        with contextlib.suppress(OSError, ValueError):
-            saved = json.loads(ports_file.read_text())
-        if host_port:
-            listen = host_port
-        elif saved.get("listen") and saved.get("containerPort") == spec.port:
-            listen = int(saved["listen"])
-        else:
-            listen = free_port(address)
-        status = int(saved.get("status") or 0) or free_port("127.0.0.1")
-        ports_file.write_text(json.dumps({"listen": listen, "status": status, "containerPort": spec.port}))
+        with safefs.open_dir(conf_dir) as folder:
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads(safefs.read_text(folder, PORTS_NAME) or "{}")
+                saved = loaded if isinstance(loaded, dict) else {}
+            if host_port:
+                listen = host_port
+            elif saved.get("listen") and saved.get("containerPort") == spec.port:
+                listen = int(saved["listen"])
+            else:
+                listen = free_port(address)
+            status = int(saved.get("status") or 0) or free_port("127.0.0.1")
+            safefs.write_atomic(folder, PORTS_NAME,
+                                json.dumps({"listen": listen, "status": status, "containerPort": spec.port}))
         self.listen_port = listen
         self.status_port = status
         self.address = address
@@ -167,7 +172,7 @@ class ProxyManager:
             live.add(d.name)
             shaped.append(dataclasses.replace(
                 d, command=NGINX_COMMAND, network="host", ports=(),
-                binds=(Bind(str(proxy.conf_dir), CONTAINER_DIR, read_only=False),),
+                binds=(Bind(str(proxy.conf_dir), CONTAINER_DIR, read_only=True),),
             ))
         for name in list(self.proxies):
             if name not in live:

@@ -103,7 +103,7 @@ class LocalNginx:
         """Start the master and wait until its status server answers (bounded)."""
         if self.proc is not None and self.proc.returncode is None:
             return
-        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -231,7 +231,10 @@ class DockerExecNginx:
         self._new_seen_at: float | None = None
 
     def _in_container(self, path: Path) -> str:
-        rel = Path(path).resolve().relative_to(self.host_dir.resolve())
+        # lexical, never resolve(): following a symlink planted in the folder is what we must not do
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.host_dir))
+        if ".." in rel.parts:
+            raise ValueError(f"{path} is not inside {self.host_dir}")
         return f"{self.container_dir}/{rel.as_posix()}"
 
     async def _exec(self, cmd: list[str], *, limit_s: float | None = None) -> tuple[int, str]:

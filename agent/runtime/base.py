@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from controlplane.model import DEFAULT_CAP_DROP, DEFAULT_PIDS_LIMIT
+
 # Labels every container the agent creates carries.
 LABEL_CLUSTER = "cp.cluster"
 LABEL_MACHINE = "cp.machine"
@@ -71,12 +73,16 @@ class Bind:
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """What to create. `host_ip` is the machine address the ports are published on."""
+    """What to create. `host_ip` is the machine address the ports are published on.
+
+    The security fields default to the hardened container of README "Container defaults":
+    no-new-privileges, NET_RAW dropped, a pids limit. `env` may hold Secret values: it is left out
+    of the repr, so a logged spec never shows them."""
 
     name: str
     image: str
     command: tuple[str, ...] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
     labels: dict[str, str] = field(default_factory=dict)
     ports: tuple[PortMapping, ...] = ()
     host_ip: str = "127.0.0.1"
@@ -85,6 +91,11 @@ class ContainerSpec:
     memory_mb: int | None = None
     init: bool = True
     network: str = ""  # "" = the engine's default bridge; "host" for proxies on a loopback dev cluster
+    user: str = ""  # Docker's User: "uid[:gid]" or a name; "" = the image's
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT
+    no_new_privileges: bool = True
+    cap_drop: tuple[str, ...] = DEFAULT_CAP_DROP
+    cap_add: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ def create_config(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.network:
         host_config["NetworkMode"] = spec.network
+    host_config.update(security_host_config(spec))
     if spec.cpu:
         host_config["NanoCpus"] = int(spec.cpu * 1e9)
     if spec.memory_mb:
@@ -112,7 +113,25 @@ def create_config(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.command:
         config["Cmd"] = list(spec.command)
+    if spec.user:
+        config["User"] = spec.user
     return config
+
+
+def security_host_config(spec: ContainerSpec) -> dict[str, Any]:
+    """HostConfig's hardening: no-new-privileges, dropped and added capabilities, the pids limit."""
+    host_config: dict[str, Any] = {}
+    if spec.no_new_privileges:
+        host_config["SecurityOpt"] = ["no-new-privileges"]
+    added = set(spec.cap_add)
+    dropped = [cap for cap in spec.cap_drop if cap not in added]
+    if dropped:
+        host_config["CapDrop"] = dropped
+    if spec.cap_add:
+        host_config["CapAdd"] = list(spec.cap_add)
+    if spec.pids_limit:
+        host_config["PidsLimit"] = int(spec.pids_limit)
+    return host_config
 
 
 def _wrap(err: DockerError, what: str) -> RuntimeFailure:

@@ -162,8 +162,9 @@ def make_app(
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/version", version_handler)
     app.router.add_get("/openapi.json", openapi_handler)
-    from controlplane.api import machines
+    from controlplane.api import machines, secrets
 
     machines.add_routes(app)
+    secrets.add_routes(app)  # before the generic routes: Secret reads depend on the reader
     objects.add_routes(app)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hmac
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,14 +64,28 @@ class TokenTable:
         raise Unauthorized("invalid bearer token")
 
 
+def _may_read_secret(user: User, verb: str, name: str, node_secrets: Collection[str]) -> bool:
+    """Secrets: a viewer lists, gets and watches them (the handlers redact the values); a node gets
+    one by name, and only one that an instance bound to its machine uses; nothing else."""
+    if user.role == "viewer":
+        return verb in READ_VERBS
+    return user.role == "node" and verb == "get" and bool(name) and name in node_secrets
+
+
 def authorize(
-    user: User, verb: str, resource: str, *, subresource: str = "", name: str = "", obj: dict[str, Any] | None = None
+    user: User, verb: str, resource: str, *, subresource: str = "", name: str = "", obj: dict[str, Any] | None = None,
+    node_secrets: Collection[str] = (),
 ) -> None:
     """Raise Forbidden unless ``user`` may do ``verb`` on ``resource[/name][/subresource]``.
 
-    ``obj`` is the stored object for writes to existing objects (node checks its binding)."""
+    ``obj`` is the stored object for writes to existing objects (node checks its binding);
+    ``node_secrets`` the Secrets the instances bound to a node's machine use (secretref.secrets_used_on)."""
     if user.role == "admin":
         return
+    if resource == "secrets":
+        if not subresource and _may_read_secret(user, verb, name, node_secrets):
+            return
+        raise Forbidden(f'user "{user.name}" ({user.role}) cannot {verb} secrets' + (f"/{name}" if name else ""))
     if verb in READ_VERBS and subresource != "log":
         if user.role == "viewer" or (user.role == "node" and resource in NODE_READABLE):
             return

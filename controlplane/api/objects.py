@@ -13,11 +13,12 @@ from typing import Any
 from aiohttp import web
 from marshmallow import ValidationError
 
+from controlplane.admission import admit, policy_of
 from controlplane.api.auth import authorize
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
 from controlplane.api.machines import delete_machine
 from controlplane.api.node_policy import NodeEventLimiter, check_node_event, check_node_instance_address
-from controlplane.api.state import REGISTRY, user_of
+from controlplane.api.state import CONFIG, REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
 from controlplane.model import API_VERSION, HAS_STATUS, RESOURCES
@@ -110,7 +111,7 @@ async def create_object(request: web.Request) -> web.Response:
         request.app[NODE_EVENT_LIMITER].admit(user)  # nodes only; counts refused attempts too
     body = await read_json(request)
     _check_body(kind, body)
-    obj = load_object(kind, body)
+    obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
     if resource == "events":
         check_node_event(user, obj, bound_machine=lambda instance: _bound_machine(request, instance))
     status = _initial_status(kind)
@@ -137,7 +138,7 @@ async def replace_object(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check_body(kind, body, name=name)
     body.setdefault("metadata", {})["name"] = name
-    obj = load_object(kind, body)
+    obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
     return json_response(await request.app[REGISTRY].replace(resource, name, obj))
 
 
@@ -156,7 +157,7 @@ async def patch_object(request: web.Request) -> web.Response:
         merged = merge_patch(current, patch)
         _check_body(kind, merged, name=name)
         merged.setdefault("metadata", {})["name"] = name
-        obj = load_object(kind, merged)
+        obj = admit(kind, load_object(kind, merged), policy_of(request.app[CONFIG]))
         try:
             return json_response(
                 await registry.replace(

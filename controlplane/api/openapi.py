@@ -14,9 +14,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
-from controlplane.model import HAS_STATUS, RESOURCES
+from controlplane.model import HAS_STATUS, RESOURCES, SECRET_MAX_BYTES
 from controlplane.schema_errors import StatusSchema
 from controlplane.schemas import SCHEMAS, ScaleSchema
+from controlplane.secretref import SECRET_KEY
 from controlplane.validators import ENV_NAME, LABEL_KEY, LABEL_VALUE
 
 ERRORS = {
@@ -62,6 +63,15 @@ WATCH_NOTE = (
     "longer in the watch window. (Not listed as formal parameters: a stream that never ends is not a "
     "response a spec-driven fuzzer can check.)"
 )
+SECRET_REF_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]{1,253}$"
+# who sees what, for resources whose reads depend on the reader
+READ_NOTES = {
+    "secrets": (
+        "Admins see the values. A viewer sees every value as `<redacted>` (keys stay visible), in lists, "
+        "reads and watches alike, and may select by `metadata.*` fields only. A node may read (not list "
+        "or watch) only the Secrets that the `secretEnv` of instances bound to its machine names."
+    ),
+}
 
 
 def _list_schema(kind: str) -> dict[str, Any]:
@@ -99,7 +109,8 @@ def _collection_path(spec: APISpec, resource: str, kind: str) -> None:
     base = f"/api/v1/{resource}"
     _path(spec, path=base, operations={
         "get": {
-            "operationId": f"list{kind}", "summary": f"List (or watch) {resource}", "description": WATCH_NOTE,
+            "operationId": f"list{kind}", "summary": f"List (or watch) {resource}",
+            "description": " ".join(filter(None, (WATCH_NOTE, READ_NOTES.get(resource)))),
             "parameters": LIST_PARAMS,
             "responses": {"200": {"description": "the list", "content": _json(f"{kind}List")},
                           **_error_responses("400", "401", "403", "503")},
@@ -119,6 +130,7 @@ def _item_paths(spec: APISpec, resource: str, kind: str) -> None:
     _path(spec, path=item, operations={
         "parameters": [NAME_PARAM],
         "get": {"operationId": f"read{kind}", "summary": f"Read a {kind}",
+                **({"description": READ_NOTES[resource]} if resource in READ_NOTES else {}),
                 "responses": {"200": {"description": "the object", "content": _json(kind)},
                               **_error_responses("401", "403", "404", "503")}},
         "put": {"operationId": f"replace{kind}",
@@ -241,6 +253,13 @@ def _key_rules(schemas: dict[str, Any]) -> None:
     schemas["ObjectMeta"]["properties"]["labels"].update(additionalProperties=label_value, propertyNames=label_key)
     schemas["UnitSpec"]["properties"]["env"]["propertyNames"] = {"pattern": ENV_NAME.pattern}
     schemas["Placement"]["properties"]["machineMetadata"]["propertyNames"] = dict(label_key)
+    schemas["UnitSpec"]["properties"]["secretEnv"].update(
+        propertyNames={"pattern": ENV_NAME.pattern},
+        additionalProperties={"type": "string", "pattern": SECRET_REF_PATTERN,
+                              "description": "secretname/key: that key of that Secret"})
+    schemas["Secret"]["properties"]["data"].update(
+        propertyNames={"pattern": SECRET_KEY.pattern},
+        description=f"key -> value; keys and values together at most {SECRET_MAX_BYTES} bytes")
 
 
 def openapi_document() -> dict[str, Any]:

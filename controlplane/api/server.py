@@ -15,9 +15,11 @@ import sys
 import click
 from aiohttp import web
 
+from controlplane.admission import POLICY_KEY, AdmissionPolicy, parse_capabilities
 from controlplane.api.app import make_app
 from controlplane.api.auth import TokenTable
 from controlplane.errors import CPError
+from controlplane.model import DEFAULT_PIDS_LIMIT, DEFAULT_PROXY_IMAGE, MAX_PIDS_LIMIT
 
 log = logging.getLogger("cp-apiserver")
 
@@ -41,6 +43,7 @@ async def serve(
     tls_cert: str | None,
     tls_key: str | None,
     controllers: bool = True,
+    admission: AdmissionPolicy | None = None,
 ) -> None:
     from controlplane.store import open_store
 
@@ -51,7 +54,8 @@ async def serve(
     connect = getattr(store, "connect", None)
     if connect is not None:
         await connect()  # StoreUnavailable (exit 1 with the reason) when no endpoint answers
-    config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen}
+    config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen,
+              POLICY_KEY: admission or AdmissionPolicy(proxy_image=proxy_image)}
     contexts = []
     if controllers:
         from controlplane.api.leadership import leadership_context
@@ -92,12 +96,22 @@ async def serve(
               help="CSV token,user,role[,machine]")
 @click.option("--insecure-no-auth", is_flag=True, help="serve without authentication (logged on every start)")
 @click.option("--machine-ttl", type=click.IntRange(1, 3600), default=5, show_default=True)
-@click.option("--proxy-image", default="local/nginx:latest", show_default=True)
+@click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True,
+              help="the image of proxy units that name none (set at admission)")
+@click.option("--default-pids-limit", type=click.IntRange(2), default=DEFAULT_PIDS_LIMIT, show_default=True,
+              help="spec.pidsLimit of units that name none (set at admission)")
+@click.option("--max-pids-limit", type=click.IntRange(2), default=MAX_PIDS_LIMIT, show_default=True,
+              help="the largest spec.pidsLimit a unit may ask for (422 beyond)")
+@click.option("--allow-privilege-escalation", is_flag=True,
+              help="let units set spec.allowPrivilegeEscalation (else containers run with no-new-privileges)")
+@click.option("--allowed-capabilities", default="", metavar="CAP,CAP",
+              help="capabilities units may name in spec.capAdd (default: none)")
 @click.option("--no-controllers", is_flag=True, help="serve the API only; never run the scheduler")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(
     etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
-    insecure_no_auth: bool, machine_ttl: int, proxy_image: str, no_controllers: bool, log_level: str,
+    insecure_no_auth: bool, machine_ttl: int, proxy_image: str, default_pids_limit: int, max_pids_limit: int,
+    allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, log_level: str,
 ) -> None:
     """The controlplane API server (and, when elected, scheduler and controllers)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -109,10 +123,19 @@ def main(
         sys.exit(2)
     _split_listen(listen)
     try:
+        admission = AdmissionPolicy(
+            proxy_image=proxy_image, default_pids_limit=default_pids_limit, max_pids_limit=max_pids_limit,
+            allow_privilege_escalation=allow_privilege_escalation,
+            allowed_capabilities=parse_capabilities(allowed_capabilities),
+        )
+    except ValueError as err:
+        click.echo(f"cp-apiserver: --default-pids-limit/--max-pids-limit: {err}", err=True)
+        sys.exit(2)
+    try:
         asyncio.run(serve(
             etcd=etcd, prefix=prefix, listen=listen, token_file=token_file, insecure_no_auth=insecure_no_auth,
             machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
-            controllers=not no_controllers,
+            controllers=not no_controllers, admission=admission,
         ))
     except CPError as err:
         click.echo(f"cp-apiserver: {err.message}", err=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
 from controlplane.model import API_VERSION, RESOURCES
 from controlplane.selectors import parse_field_selector, parse_label_selector
-from controlplane.watchcache import Subscription, WatchCache
+from controlplane.watchcache import CacheEvent, Subscription, WatchCache
 
 BOOKMARK_SECONDS = 5.0
 
@@ -43,7 +44,14 @@ def _watch_params(request: web.Request) -> tuple[int, float]:
     return from_rv, timeout
 
 
-async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse:
+def _event_line(event: CacheEvent, present: Callable[[dict[str, Any]], dict[str, Any]] | None) -> bytes:
+    return event.line() if present is None else _line(event.type, present(event.object))
+
+
+async def serve_watch(request: web.Request, resource: str, *,
+                      present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> web.StreamResponse:
+    """``present``, when given, is what the caller may see of each object (a Secret redacted): the
+    events are then encoded per watcher instead of the shared bytes."""
     registry = request.app[REGISTRY]
     cache = registry.caches[resource]
     kind = RESOURCES[resource]
@@ -59,10 +67,10 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
     initial: list[bytes] = []
     if from_rv <= 0:
         sub, _ = cache.subscribe(None, matches)
-        initial = [_line("ADDED", obj) for obj in cache.items() if matches(obj)]
+        initial = [_line("ADDED", present(obj) if present else obj) for obj in cache.items() if matches(obj)]
     else:
         sub, replay = cache.subscribe(from_rv, matches)  # raises Gone before any byte is sent
-        initial = [event.line() for event in replay]
+        initial = [_event_line(event, present) for event in replay]
 
     metrics = request.app[METRICS]
     response = web.StreamResponse(headers={"Content-Type": "application/json; stream=watch"})
@@ -71,7 +79,8 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
         await response.prepare(request)
         if initial:
             await response.write(b"".join(initial))
-        await _follow(response, sub, cache, kind=kind, timeout=timeout, bookmark_every=bookmark_every)
+        await _follow(response, sub, cache, kind=kind, timeout=timeout, bookmark_every=bookmark_every,
+                      present=present)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -81,7 +90,8 @@ async def serve_watch(request: web.Request, resource: str) -> web.StreamResponse
 
 
 async def _follow(response: web.StreamResponse, sub: Subscription, cache: WatchCache, *, kind: str,
-                  timeout: float, bookmark_every: float) -> None:
+                  timeout: float, bookmark_every: float,
+                  present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Live events (up to 256 a write) and a BOOKMARK when idle, until the timeout or the cache ends us."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout > 0 else None
@@ -100,11 +110,11 @@ async def _follow(response: web.StreamResponse, sub: Subscription, cache: WatchC
             gone = Gone(f"watch closed: {sub.closed_reason or 'server shutting down'}; re-list and watch again")
             await response.write(_line("ERROR", gone.to_status()))
             break
-        chunk = [event.line()]
+        chunk = [_event_line(event, present)]
         while not sub.queue.empty() and len(chunk) < 256:
             more = sub.queue.get_nowait()
             if more is None:
                 sub.queue.put_nowait(None)
                 break
-            chunk.append(more.line())
+            chunk.append(_event_line(more, present))
         await response.write(b"".join(chunk))

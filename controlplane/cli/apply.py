@@ -14,6 +14,7 @@ from typing import IO, Any
 import click
 import yaml
 
+from controlplane.admission import with_admitted_fields
 from controlplane.client import Client
 from controlplane.errors import AlreadyExists, Conflict, CPError, ServiceUnavailable
 
@@ -95,7 +96,7 @@ async def apply_object(api: Client, obj: dict[str, Any]) -> str:
         pass
     for attempt in range(REPLACE_ATTEMPTS):
         current = await api.get(resource, name)
-        if comparable(current) == comparable(body):
+        if comparable(current) == comparable(with_admitted_fields(obj["kind"], body, current)):
             return "unchanged"
         update = dict(body)
         update["metadata"] = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}

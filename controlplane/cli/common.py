@@ -28,10 +28,11 @@ KIND_ALIASES: dict[str, str] = {
     "instance": "instances", "instances": "instances", "i": "instances",
     "endpoints": "endpoints", "endpoint": "endpoints", "ep": "endpoints",
     "events": "events", "event": "events", "ev": "events",
+    "secrets": "secrets", "secret": "secrets", "sec": "secrets",
 }
 # the singular used in "unit/web created"
 SINGULAR = {"units": "unit", "machines": "machine", "instances": "instance", "endpoints": "endpoints",
-            "events": "event"}
+            "events": "event", "secrets": "secret"}
 # resource (URL plural) -> kind, and back; in the order cpctl lists them (units first)
 KINDS: dict[str, str] = {resource: RESOURCES[resource] for resource in SINGULAR}
 KIND_TO_RESOURCE: dict[str, str] = {kind: resource for resource, kind in KINDS.items()}
@@ -41,7 +42,7 @@ def resolve_kind(text: str) -> str:
     """The URL plural for a KIND as typed (singular, plural or short, any case)."""
     resource = KIND_ALIASES.get(text.strip().lower())
     if resource is None:
-        known = "unit(s)/u, machine(s)/m, instance(s)/i, endpoints/ep, event(s)/ev"
+        known = "unit(s)/u, machine(s)/m, instance(s)/i, endpoints/ep, event(s)/ev, secret(s)/sec"
         raise click.BadParameter(f"unknown kind {text!r}; expected one of {known}", param_hint="KIND")
     return resource
 

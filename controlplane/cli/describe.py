@@ -81,6 +81,8 @@ def describe_text(
         if not spec.get("machine") and status.get("message"):
             lines.append(_field("Placement", " ".join(str(status["message"]).split())))
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    if resource == "secrets":  # sizes, never values (kubectl's habit)
+        body = {"data": {k: f"{len(str(v).encode())} bytes" for k, v in sorted((obj.get("data") or {}).items())}}
     if "spec" in body and len(body) == 1:
         body = body["spec"]
         lines.append("Spec:")

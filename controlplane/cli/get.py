@@ -77,7 +77,7 @@ def get_command(
     kind: str, name: str | None, output: str, label_selector: str | None, field_selector: str | None,
     watch: bool, watch_timeout: float | None,
 ) -> None:
-    """Show objects of KIND (unit/u, machine/m, instance/i, endpoints/ep, events/ev)."""
+    """Show objects of KIND (unit/u, machine/m, instance/i, endpoints/ep, events/ev, secret/sec)."""
     resource = kind
     if name:
         by_name = f"metadata.name={name}"

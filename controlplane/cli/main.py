@@ -14,6 +14,7 @@ from controlplane import __version__
 
 from .apply import apply_command
 from .config import connection_options
+from .create import create_group
 from .delete import delete_command
 from .describe import describe_command
 from .get import get_command
@@ -45,7 +46,7 @@ def main() -> None:
 
 
 for command in (
-    run_command, apply_command, get_command, describe_command, scale_command, delete_command, logs_command,
+    run_command, apply_command, create_group, get_command, describe_command, scale_command, delete_command, logs_command,
     list_machines_command, list_units_command, cordon_command, uncordon_command, drain_command, version_command,
 ):
     main.add_command(command)

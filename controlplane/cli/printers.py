@@ -215,8 +215,21 @@ def _events(items: list[dict[str, Any]], wide: bool, now: dt.datetime) -> tuple[
     return headers, rows
 
 
+def _secrets(items: list[dict[str, Any]], wide: bool, now: dt.datetime) -> tuple[Row, list[Row]]:
+    """Keys only, never values (kubectl's DATA column is the count)."""
+    headers = ["NAME", "DATA", "AGE"] + (["KEYS"] if wide else [])
+    rows = []
+    for secret in items:
+        keys = sorted(secret.get("data") or {})
+        row = [_meta(secret).get("name", ""), str(len(keys)), age(_meta(secret).get("creationTimestamp"), now)]
+        if wide:
+            row.append(",".join(keys) or NONE)
+        rows.append(row)
+    return headers, rows
+
+
 TABLES = {"units": _units, "instances": _instances, "machines": _machines, "endpoints": _endpoints,
-          "events": _events}
+          "events": _events, "secrets": _secrets}
 
 
 def table(resource: str, items: list[dict[str, Any]], *, wide: bool = False, now: dt.datetime | None = None,

@@ -7,12 +7,14 @@ on 127.0.1.50 only.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -25,6 +27,7 @@ from agent.health import Prober  # noqa: E402
 from agent.reconcile import DesiredInstance  # noqa: E402
 from agent.runtime.base import ContainerSpec, PortMapping  # noqa: E402
 from agent.runtime.docker import DockerRuntime  # noqa: E402
+from controlplane.model import DEFAULT_PIDS_LIMIT  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -240,3 +243,32 @@ async def test_crash_loop_backs_off(runtime: DockerRuntime, cluster: str) -> Non
     status = (await executor.sync(want)).statuses["crash-0"]
     assert status["restarts"] == 3 and status["exitCode"] in (7, None)
     await executor.sync([])
+
+
+def inspect_raw(container_id: str) -> dict[str, Any]:
+    out = subprocess.run(["docker", "inspect", container_id], capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out)[0])
+
+
+async def test_containers_are_hardened_and_run_as_the_units_user(runtime: DockerRuntime, cluster: str) -> None:
+    machine = "m-secure"
+    executor = Executor(runtime, cluster=cluster, machine=machine, address=ADDRESS)
+    want = [desired("plain-0", machine=machine, command=("sleep", "60"), ports=()),
+            desired("nobody-0", machine=machine, command=("sleep", "60"), ports=(), user="65534", pids_limit=64)]
+    result = await executor.sync(want)
+    try:
+        plain, nobody = (result.statuses[n]["containerID"] for n in ("plain-0", "nobody-0"))
+        host = inspect_raw(plain)["HostConfig"]
+        assert host["SecurityOpt"] == ["no-new-privileges"] and host["CapDrop"] == ["NET_RAW"]
+        assert host["PidsLimit"] == DEFAULT_PIDS_LIMIT
+        assert (await runtime.exec(plain, ["id", "-u"])).output == b"0\n"  # the image's user
+        raw = inspect_raw(nobody)
+        assert raw["Config"]["User"] == "65534" and raw["HostConfig"]["PidsLimit"] == 64
+        assert (await runtime.exec(nobody, ["id", "-u"])).output == b"65534\n"
+        # what the kernel enforces: no privilege gain through exec, and CAP_NET_RAW (bit 13) gone
+        status = (await runtime.exec(plain, ["cat", "/proc/self/status"])).output.decode()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["NoNewPrivs"].strip() == "1"
+        assert not int(fields["CapBnd"], 16) & (1 << 13) and int(fields["CapBnd"], 16) & (1 << 10)  # 10: NET_BIND
+    finally:
+        await executor.sync([])

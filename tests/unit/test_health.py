@@ -71,3 +71,29 @@ async def test_prober_exec_probe_with_period_and_reset() -> None:
     assert prober.ready("x-0") is False
     prober.update({})
     assert prober.ready("x-0") is None
+
+
+async def test_a_probe_in_flight_counts_when_the_same_target_is_updated_meanwhile() -> None:
+    """Syncs re-send the targets often (every Docker event used to wake one): an equal target must
+    not make the prober drop the result of the probe already running for it."""
+    import asyncio
+
+    from agent.runtime.base import ContainerSpec
+
+    runtime = FakeRuntime(images=["img"])
+    c = await runtime.create_and_start(ContainerSpec(name="x", image="img"))
+    release = asyncio.Event()
+
+    class SlowProber(Prober):
+        async def probe(self, target: ProbeTarget) -> ProbeResult:
+            await release.wait()
+            return ProbeResult(True, "ok")
+
+    prober = SlowProber(runtime)
+    spec = ProbeSpec("exec", command=("check",), period=2.0)
+    prober.update({"x-0": ProbeTarget("x-0", c.id, c.started_at, spec, "", 0)})
+    tick = asyncio.create_task(prober.tick())
+    await asyncio.sleep(0)
+    prober.update({"x-0": ProbeTarget("x-0", c.id, c.started_at, spec, "", 0)})  # a sync, nothing changed
+    release.set()
+    assert await tick == ["x-0"] and prober.ready("x-0") is True
