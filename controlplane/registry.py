@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from controlplane.errors import AlreadyExists, BadRequest, Conflict, NotFound
+from controlplane.errors import AlreadyExists, BadRequest, Cause, Conflict, Invalid, NotFound
+from controlplane.model import MAX_OBJECT_BYTES
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
 from controlplane.watchcache import WatchCache, decode
@@ -59,10 +60,17 @@ def event_object(kind: str, name: str, *, type_: str, reason: str, message: str)
 
 
 def encode(obj: dict[str, Any]) -> bytes:
-    """Stored form: the object without its resourceVersion (that is etcd's mod revision)."""
+    """Stored form: the object without its resourceVersion (that is etcd's mod revision). Invalid
+    when over MAX_OBJECT_BYTES, so no write, however it was built, sends etcd a larger value."""
     meta = dict(obj.get("metadata") or {})
     meta.pop("resourceVersion", None)
-    return json.dumps({**obj, "metadata": meta}, separators=(",", ":"), sort_keys=True).encode()
+    data = json.dumps({**obj, "metadata": meta}, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) > MAX_OBJECT_BYTES:
+        kind, name = str(obj.get("kind") or "object"), str(meta.get("name") or "")
+        message = f"the object is {len(data)} bytes as stored, over the limit of {MAX_OBJECT_BYTES} bytes (256 KiB)"
+        raise Invalid(f'{kind} "{name}" is invalid: {message}', kind=kind, name=name,
+                      causes=[Cause("<body>", message, "FieldValueTooLong")])
+    return data
 
 
 def object_key(resource: str, name: str) -> str:
