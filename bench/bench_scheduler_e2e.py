@@ -83,7 +83,7 @@ async def etcd_baseline(url: str, count: int, value: bytes, in_flight: int = 128
 
 
 async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
-    async with session.get(url + "/metrics") as resp:
+    async with session.get(url + "/metrics", headers=ADMIN) as resp:
         text = await resp.text()
     values = [float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)]
     return sum(values)

@@ -78,6 +78,11 @@ PROXY_KINDS = ("loadbalancer", "edge")
 # spec fields whose change does not touch a running instance (scaling is not a rollout)
 NOT_TEMPLATE = ("replicas",)
 
+# ---- limits (README "Limits"): checked before anything reaches etcd ----
+
+MAX_OBJECT_BYTES = 256 * 1024  # a request body, and an object as stored (JSON), at most
+MAX_SAFE_INTEGER = 2**53 - 1  # every JSON number within +-this (I-JSON, RFC 7493 section 2.2)
+
 # ---- machine presence: keys presence/<machine> on etcd leases kept alive by heartbeats ----
 
 PRESENCE_RESOURCE = "presence"

@@ -22,8 +22,10 @@ from typing import Any
 from controlplane.errors import (
     AlreadyExists,
     BadRequest,
+    Cause,
     Conflict,
     CPError,
+    Invalid,
     NotFound,
     PartialFailure,
     RequestEntityTooLarge,
@@ -31,6 +33,7 @@ from controlplane.errors import (
 from controlplane.model import (
     API_VERSION,
     HAS_STATUS,
+    MAX_OBJECT_BYTES,
     RESOURCES,
     SPEC_FIELDS,
     now_rfc3339,
@@ -43,10 +46,17 @@ JsonList = list[dict[str, Any]]
 
 
 def encode(obj: dict[str, Any]) -> bytes:
-    """Stored form: the object without its resourceVersion (that is etcd's mod revision)."""
+    """Stored form: the object without its resourceVersion (that is etcd's mod revision). Invalid
+    when over MAX_OBJECT_BYTES, so no write, however it was built, sends etcd a larger value."""
     meta = dict(obj.get("metadata") or {})
     meta.pop("resourceVersion", None)
-    return json.dumps({**obj, "metadata": meta}, separators=(",", ":"), sort_keys=True).encode()
+    data = json.dumps({**obj, "metadata": meta}, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) > MAX_OBJECT_BYTES:
+        kind, name = str(obj.get("kind") or "object"), str(meta.get("name") or "")
+        message = f"the object is {len(data)} bytes as stored, over the limit of {MAX_OBJECT_BYTES} bytes (256 KiB)"
+        raise Invalid(f'{kind} "{name}" is invalid: {message}', kind=kind, name=name,
+                      causes=[Cause("<body>", message, "FieldValueTooLong")])
+    return data
 
 
 def object_key(resource: str, name: str) -> str:
@@ -241,7 +251,13 @@ class Registry:
                 except RequestEntityTooLarge as err:
                     failures[name] = err
 
-        items = [(o["metadata"]["name"], object_key(resource, o["metadata"]["name"]), encode(o)) for o in stamped]
+        items: list[tuple[str, str, bytes]] = []
+        for obj in stamped:
+            name = obj["metadata"]["name"]
+            try:
+                items.append((name, object_key(resource, name), encode(obj)))
+            except Invalid as err:  # over the object size limit: this one fails, the others go on
+                failures[name] = err
         await asyncio.gather(*(one_batch(chunk) for chunk in _chunks(items, batch, batch_bytes)))
         if last:
             await self._settle(resource, last)

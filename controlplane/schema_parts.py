@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from controlplane.model import DEFAULT_PROXY_PORT, PROXY_KINDS
 from controlplane.validators import DNS_LABEL_SPEC, HTTP_PATH, PORT, FullMatch, dns_label
@@ -23,8 +23,29 @@ def instance(cls: type[Schema]) -> Schema:
 
 
 class Strict(Schema):
+    """Unknown fields are errors, and a boolean or a number must be a JSON one (marshmallow alone
+    takes 0 or "yes" for a boolean and "1.5" for a float)."""
+
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def json_types(self, data: Any, **_: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        errors: dict[str, list[str]] = {}
+        for name, field in self.load_fields.items():
+            key = field.data_key or name
+            value = data.get(key)
+            if key not in data or (value is None and field.allow_none):
+                continue
+            if isinstance(field, fields.Boolean) and not isinstance(value, bool):
+                errors[key] = ["Not a valid boolean."]
+            elif isinstance(field, fields.Float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+                errors[key] = ["Not a valid number."]
+        if errors:
+            raise ValidationError(errors)
+        return data
 
 
 class HttpProbeSchema(Strict):

@@ -4,7 +4,8 @@
         ...
 
 Tokens: ``admin-token`` (admin), ``viewer-token`` (viewer), ``node-<m>-token`` (node bound to
-machine ``m``) for m in m1..m8. ``kill()`` sends SIGKILL (leader failover tests).
+machine ``m``) for m in m1..m8, in a file of mode 0600. ``kill()`` sends SIGKILL (leader
+failover tests); ``reload_tokens()`` sends SIGHUP.
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from etcd_fixture import free_port
 MACHINES = [f"m{i}" for i in range(1, 9)]
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` with mode 0600 from the first byte (cp-apiserver refuses a token file others can read)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+
+
 def write_tokens(path: Path) -> None:
     lines = ["admin-token,admin,admin", "viewer-token,viewer,viewer"]
     lines += [f"node-{m}-token,node-{m},node,{m}" for m in MACHINES]
-    path.write_text("\n".join(lines) + "\n")
+    write_private(path, "\n".join(lines) + "\n")
 
 
 class ApiServer:
@@ -82,6 +91,12 @@ class ApiServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def reload_tokens(self, text: str) -> None:
+        """Rewrite the token file (mode 0600) and send SIGHUP, which makes the server read it again."""
+        write_private(self.token_file, text)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -17,16 +17,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane import __version__
 from controlplane.api import objects
-from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable
-from controlplane.api.http import MAX_BODY, error_response, json_response
+from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, authorize
+from controlplane.api.http import MAX_BODY, error_response, json_response, too_large
 from controlplane.api.metrics import ApiMetrics
-from controlplane.api.state import CONFIG, METRICS, REGISTRY, SERVICES, STORE, TOKENS, USER_KEY
+from controlplane.api.state import CONFIG, METRICS, REGISTRY, SERVICES, STORE, TOKENS, USER_KEY, user_of
 from controlplane.errors import (
     CPError,
+    Forbidden,
     InternalError,
     MethodNotAllowed,
     NotFound,
-    RequestEntityTooLarge,
     ServiceUnavailable,
     from_status,
 )
@@ -35,7 +35,9 @@ from controlplane.registry import Registry
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/version"}
+# no token needed; /readyz tells an anonymous caller only "ok" or "not ready", and /metrics is
+# public only with config["metrics_anonymous"] (cp-apiserver --metrics-anonymous)
+PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/version"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -76,7 +78,7 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(NotFound(f"the server could not find the requested resource {request.path!r}"))
     except web.HTTPRequestEntityTooLarge:
         code = 413
-        return error_response(RequestEntityTooLarge(f"request body is larger than {MAX_BODY} bytes"))
+        return error_response(too_large())
     except web.HTTPException as err:
         code = err.status
         return error_response(from_status({"code": err.status, "message": err.reason or "error"}))
@@ -92,14 +94,32 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
         metrics.observe_request(_route_label(request), request.method, code, time.perf_counter() - started)
 
 
+def _is_public(request: web.Request) -> bool:
+    return request.path in PUBLIC_PATHS or (request.path == "/metrics" and bool(request.app[CONFIG].get("metrics_anonymous")))
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     tokens = request.app.get(TOKENS)
     if tokens is None:
         request[USER_KEY] = ANONYMOUS_ADMIN
-    elif request.path not in PUBLIC_PATHS:
+    elif not _is_public(request):
         request[USER_KEY] = tokens.authenticate(request.headers.get("Authorization"))
+    elif "Authorization" in request.headers:  # optional on a public path: a bad token is still 401
+        request[USER_KEY] = tokens.authenticate(request.headers["Authorization"])
     return await handler(request)
+
+
+def may_read(request: web.Request, what: str) -> bool:
+    """Whether the caller's token (if any) may read ``what`` (admin and viewer; not node)."""
+    user = request.get(USER_KEY)
+    if user is None:
+        return False
+    try:
+        authorize(user, "get", what)
+    except Forbidden:
+        return False
+    return True
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -107,14 +127,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Say "ok", or 503; only a caller whose token may read gets the reason (it names etcd)."""
     try:
         await request.app[STORE].revision()
     except Exception as err:
-        raise ServiceUnavailable(f"the store is unreachable: {err}") from err
+        if may_read(request, "readyz"):
+            raise ServiceUnavailable(f"not ready: the store is unreachable: {err}") from err
+        raise ServiceUnavailable("not ready") from err
     return web.Response(text="ok")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    if not _is_public(request):
+        authorize(user_of(request), "get", "metrics")
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -136,7 +161,8 @@ def make_app(
     config: dict[str, Any] | None = None,
     extra_contexts: Sequence[Callable[[web.Application], AsyncIterator[None]]] = (),
 ) -> web.Application:
-    """The API application over ``store``. ``tokens`` None means --insecure-no-auth."""
+    """The API application over ``store``. ``tokens`` None means --insecure-no-auth;
+    ``config["metrics_anonymous"]`` serves /metrics without a token."""
     app = web.Application(middlewares=[status_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[STORE] = store
     app[METRICS] = ApiMetrics()

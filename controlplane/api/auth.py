@@ -3,19 +3,28 @@
 The policy is a pure function of (user, verb, resource, subresource, object) so it is
 table-tested without a server. A node token is bound to one machine: it reads what an
 agent needs and writes only its own machine's status and heartbeat and the status of
-instances bound to that machine.
+instances bound to that machine. The token file is checked whole (mode 0600 or stricter,
+every line well formed, no token twice) at start and on each reload (SIGHUP), and a bad
+file is never half-applied.
 """
 
 from __future__ import annotations
 
 import csv
 import hmac
+import io
+import logging
+import os
+import re
+import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from controlplane.errors import Forbidden, Invalid, Unauthorized
+
+log = logging.getLogger(__name__)
 
 ROLES = ("admin", "viewer", "node")
 READ_VERBS = {"get", "list", "watch"}
@@ -32,27 +41,93 @@ class User:
 ANONYMOUS_ADMIN = User("anonymous", "admin")
 
 
+class TokenFileError(Invalid):
+    """The token file is unusable; the message is one line naming the file (and the line)."""
+
+
+TOKEN_FILE_FORMAT = "token,user,role[,machine] (machine only, and always, for role node)"
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what survives a Bearer header: visible ASCII, no spaces
+_MACHINE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _user_of_row(row: list[str], where: str) -> tuple[str, User]:
+    cells = [c.strip() for c in row]
+    if len(cells) not in (3, 4) or not all(cells[:3]):
+        raise TokenFileError(f"{where}: malformed line: expected {TOKEN_FILE_FORMAT}")
+    token, name, role = cells[:3]
+    machine = cells[3] if len(cells) == 4 else ""
+    if not _TOKEN.fullmatch(token):
+        raise TokenFileError(f"{where}: malformed token: only visible ASCII characters, no spaces")
+    if role not in ROLES:
+        raise TokenFileError(f"{where}: unknown role {role[:40]!r}; expected one of {', '.join(ROLES)}")
+    if role == "node" and not machine:
+        raise TokenFileError(f"{where}: a node token needs its machine name (4th column)")
+    if role != "node" and len(cells) == 4:
+        raise TokenFileError(f"{where}: only a node token names a machine; {role} has a 4th column")
+    if machine and not _MACHINE.fullmatch(machine):
+        raise TokenFileError(f"{where}: machine {machine[:70]!r} is not a DNS-1123 label")
+    return token, User(name, role, machine)
+
+
+def parse_tokens(text: str, *, source: str) -> dict[str, User]:
+    """Pure: token -> User from the file's text; TokenFileError ``source:line: why`` on the first
+    bad line (never quoting a token). Lines starting with # and blank lines are skipped."""
+    users: dict[str, User] = {}
+    first_line: dict[str, int] = {}
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise TokenFileError(f"{source}:{reader.line_num}: malformed line: {err}") from err
+        where = f"{source}:{reader.line_num}"
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        token, user = _user_of_row(row, where)
+        if token in users:
+            raise TokenFileError(f"{where}: duplicate token (first on line {first_line[token]})")
+        users[token] = user
+        first_line[token] = reader.line_num
+    if not users:
+        raise TokenFileError(f"{source}: no tokens; expected lines {TOKEN_FILE_FORMAT}")
+    return users
+
+
+def read_token_file(path: str | Path) -> dict[str, User]:
+    """The tokens of ``path``; TokenFileError when it is readable by group or others, unreadable
+    or invalid."""
+    try:
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            raise TokenFileError(f"{path}: mode {stat.S_IMODE(mode):04o} lets group or others at the tokens; "
+                                 f"chmod 600 {path}")
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+    except OSError as err:
+        raise TokenFileError(f"{path}: cannot read the token file: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise TokenFileError(f"{path}: not UTF-8 text (byte {err.start})") from err
+    return parse_tokens(text, source=str(path))
+
+
 class TokenTable:
-    """Tokens from a CSV file: ``token,user,role[,machine]`` (lines starting with # are comments)."""
+    """Bearer tokens from a CSV file: ``token,user,role[,machine]``; ``reload`` swaps in a new file's."""
 
     def __init__(self, users: dict[str, User]) -> None:
         self._users = users
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenTable:
-        users: dict[str, User] = {}
-        with open(path, newline="") as handle:
-            for lineno, row in enumerate(csv.reader(handle), start=1):
-                if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                    continue
-                if len(row) < 3 or row[2].strip() not in ROLES:
-                    raise Invalid(f"{path}:{lineno}: expected token,user,role[,machine] with role in {ROLES}")
-                token, name, role = (c.strip() for c in row[:3])
-                machine = row[3].strip() if len(row) > 3 else ""
-                if role == "node" and not machine:
-                    raise Invalid(f"{path}:{lineno}: a node token needs its machine name")
-                users[token] = User(name, role, machine)
-        return cls(users)
+        return cls(read_token_file(path))
+
+    def reload(self, path: str | Path) -> int:
+        """Replace every token with those of ``path`` (all or nothing); returns how many there are.
+        A bad file raises TokenFileError and leaves the table as it was."""
+        users = read_token_file(path)
+        self._users = users
+        return len(users)
 
     def authenticate(self, header: str | None) -> User:
         if not header or not header.startswith("Bearer "):
@@ -70,6 +145,16 @@ def _may_read_secret(user: User, verb: str, name: str, node_secrets: Collection[
     if user.role == "viewer":
         return verb in READ_VERBS
     return user.role == "node" and verb == "get" and bool(name) and name in node_secrets
+
+
+def reload_tokens(table: TokenTable, path: str | Path) -> None:
+    """SIGHUP: load ``path`` again; on a bad file keep serving with the old tokens, say so in one line."""
+    try:
+        count = table.reload(path)
+    except TokenFileError as err:
+        log.error("token file not reloaded, still serving the previous tokens: %s", err.message)
+        return
+    log.info("token file %s reloaded: %d tokens", path, count)
 
 
 def authorize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from controlplane.api.node_policy import NodeEventLimiter, check_node_event, che
 from controlplane.api.state import CONFIG, REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
-from controlplane.model import API_VERSION, HAS_STATUS, RESOURCES
+from controlplane.model import API_VERSION, HAS_STATUS, MAX_SAFE_INTEGER, RESOURCES
 from controlplane.registry import not_found
 from controlplane.schema_errors import invalid_from
 from controlplane.schemas import ScaleSchema, load_object, load_status
@@ -36,17 +37,46 @@ def resource_of(request: web.Request) -> tuple[str, str]:
     return resource, RESOURCES[resource]
 
 
+# The query strings the list endpoint accepts, as ECMA/Python regexes the OpenAPI document also
+# states: the server takes exactly what the spec says (a selector outside them is 400).
+# Unambiguous on purpose (a run of spaces has one way to match), so no input backtracks for long.
+_KEY, _VALUE = r"[A-Za-z0-9_./-]+", r"[A-Za-z0-9_.-]+"
+_EQ = rf"{_KEY} *(==|!=|=)( *{_VALUE})?"
+_SET = rf"{_KEY} +(in|notin) +\( *({_VALUE} *(, *{_VALUE} *)*)?\)"
+_LABEL_TERM = rf" *({_SET}|{_EQ}|(! *)?{_KEY}) *"
+_FIELD_TERM = rf" *{_EQ} *"
+LABEL_SELECTOR_PATTERN = rf"^({_LABEL_TERM}(,{_LABEL_TERM})*| *)$"
+FIELD_SELECTOR_PATTERN = rf"^({_FIELD_TERM}(,{_FIELD_TERM})*| *)$"
+_SELECTORS = {"labelSelector": re.compile(LABEL_SELECTOR_PATTERN), "fieldSelector": re.compile(FIELD_SELECTOR_PATTERN)}
+LIST_QUERY = ("labelSelector", "fieldSelector", "limit", "continue", "watch", "resourceVersion", "timeoutSeconds")
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+def _query(request: web.Request, name: str) -> str | None:
+    """The one value of query parameter ``name`` (None when absent); given twice is a 400."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name} is given {len(values)} times; give it once")
+    return values[0] if values else None
+
+
 def _int_param(request: web.Request, name: str) -> int:
-    raw = request.query.get(name, "")
-    if not raw:
+    """A non-negative integer query parameter (0 when absent); an empty or non-decimal value is a 400."""
+    raw = _query(request, name)
+    if raw is None:
         return 0
-    try:
-        value = int(raw)
-    except ValueError as err:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from err
-    if value < 0:
-        raise BadRequest(f"{name} must not be negative")
-    return value
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_SAFE_INTEGER:
+        raise BadRequest(f"{name} must be an integer from 0 to {MAX_SAFE_INTEGER}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _selector_param(request: web.Request, name: str) -> str | None:
+    raw = _query(request, name)
+    if raw is not None and not _SELECTORS[name].fullmatch(raw):
+        what, terms = (("label selector", "k=v, k!=v, 'k in (a,b)', k, !k") if name == "labelSelector"
+                       else ("field selector", "dotted.path=v, dotted.path!=v"))
+        raise BadRequest(f"invalid {what} {raw[:80]!r}: expected comma-separated terms such as {terms}")
+    return raw
 
 
 def _truthy(value: str | None) -> bool:
@@ -55,16 +85,19 @@ def _truthy(value: str | None) -> bool:
 
 async def list_objects(request: web.Request) -> web.StreamResponse:
     resource, kind = resource_of(request)
-    verb = "watch" if _truthy(request.query.get("watch")) else "list"
+    verb = "watch" if _truthy(_query(request, "watch")) else "list"
     authorize(user_of(request), verb, resource)
+    for name in LIST_QUERY:
+        _query(request, name)  # none of them twice
+    label_selector, field_selector = _selector_param(request, "labelSelector"), _selector_param(request, "fieldSelector")
     if verb == "watch":
         return await serve_watch(request, resource)
     items, revision, token = request.app[REGISTRY].list(
         resource,
-        label_selector=request.query.get("labelSelector"),
-        field_selector=request.query.get("fieldSelector"),
+        label_selector=label_selector,
+        field_selector=field_selector,
         limit=_int_param(request, "limit"),
-        continue_token=request.query.get("continue") or None,
+        continue_token=_query(request, "continue") or None,
     )
     metadata: dict[str, Any] = {"resourceVersion": str(revision)}
     if token:
@@ -72,7 +105,8 @@ async def list_objects(request: web.Request) -> web.StreamResponse:
     return json_response({"kind": f"{kind}List", "apiVersion": API_VERSION, "metadata": metadata, "items": items})
 
 
-def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
+def _check_body(kind: str, body: Any, *, name: str | None = None, require_metadata: bool = False) -> None:
+    """What the schemas cannot say: the body is an object of this kind, and a PUT names its object."""
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a {kind} object")
     if body.get("apiVersion") not in (None, API_VERSION):
@@ -80,6 +114,11 @@ def _check_body(kind: str, body: Any, *, name: str | None = None) -> None:
     if body.get("kind") not in (None, kind):
         raise BadRequest(f"the body is a {body.get('kind')!r}, this endpoint takes {kind}")
     meta = body.get("metadata")
+    if require_metadata and "metadata" not in body:
+        raise Invalid(
+            f"{kind} is invalid: metadata: Missing data for required field.", kind=kind, name=name,
+            causes=[Cause("metadata", "Missing data for required field.", "FieldValueRequired")],
+        )
     if "metadata" in body and not isinstance(meta, dict):
         raise Invalid(
             f"{kind} is invalid: metadata: must be an object", kind=kind, name=name,
@@ -136,8 +175,7 @@ async def replace_object(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     authorize(user_of(request), "update", resource, name=name)
     body = await read_json(request)
-    _check_body(kind, body, name=name)
-    body.setdefault("metadata", {})["name"] = name
+    _check_body(kind, body, name=name, require_metadata=True)
     obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
     return json_response(await request.app[REGISTRY].replace(resource, name, obj))
 
@@ -198,8 +236,10 @@ async def put_status(request: web.Request) -> web.Response:
     user = user_of(request)
     authorize(user, "update", resource, name=name, subresource="status", obj=current)
     body = await read_json(request)
-    _check_body(kind, body, name=name)
-    status = load_status(kind, name, body.get("status"))
+    _check_body(kind, body, name=name, require_metadata=True)
+    # the whole body is validated as the kind (only its status is written); without a spec the
+    # stored one stands in, so a status writer need not send it
+    status = load_object(kind, {"spec": current.get("spec"), **body} if "spec" in current else body)["status"]
     if kind == "Instance" and user.role == "node":
         machine = registry.find("machines", user.machine) or {}
         check_node_instance_address(user, name, status["address"], (machine.get("status") or {}).get("address", ""))

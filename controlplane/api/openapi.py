@@ -14,11 +14,28 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
-from controlplane.model import HAS_STATUS, RESOURCES, SECRET_MAX_BYTES
+from controlplane.api.objects import FIELD_SELECTOR_PATTERN, LABEL_SELECTOR_PATTERN
+from controlplane.model import HAS_STATUS, MAX_OBJECT_BYTES, MAX_SAFE_INTEGER, RESOURCES, SECRET_MAX_BYTES
 from controlplane.schema_errors import StatusSchema
 from controlplane.schemas import SCHEMAS, ScaleSchema
 from controlplane.secretref import SECRET_KEY
 from controlplane.validators import ENV_NAME, LABEL_KEY, LABEL_VALUE
+
+DESCRIPTION = f"""A fleet-style container scheduler with a Kubernetes-style REST API.
+
+Limits, checked before anything is written: a request body is at most {MAX_OBJECT_BYTES} bytes
+(256 KiB; larger is 413 RequestEntityTooLarge), and so is an object as stored, after defaults and
+a merge patch are applied (larger is 422 Invalid). Every JSON number is within
++-{MAX_SAFE_INTEGER} (2^53-1, I-JSON); beyond is 422 Invalid naming the field. `3.0` is the integer 3. A query parameter is given at most once.
+
+Rules JSON Schema cannot state, answered 400 or 422: on PUT (and PATCH) the body's
+`metadata.name` is the URL's `{{name}}`; two ports of a unit may not share a non-zero hostPort and
+protocol; `placement.machineOf` may not be matched by one of the unit's own `conflicts` globs;
+a merge patch is valid only if the object it produces is; a `continue` token is one the
+server issued.
+
+`/metrics` needs an admin or viewer token unless cp-apiserver runs with `--metrics-anonymous`;
+`/readyz` tells a caller without a token only "ok" or 503 "not ready"."""
 
 ERRORS = {
     "400": "BadRequest: malformed JSON, not UTF-8, or a bad query parameter",
@@ -26,12 +43,16 @@ ERRORS = {
     "403": "Forbidden: the token's role does not allow this",
     "404": "NotFound",
     "409": "AlreadyExists or Conflict (stale resourceVersion)",
-    "413": "RequestEntityTooLarge: the body is over 1 MiB",
+    "413": "RequestEntityTooLarge: the body is over 256 KiB",
     "415": "UnsupportedMediaType",
-    "422": "Invalid: one cause per bad field in details.causes",
+    "422": "Invalid: one cause per bad field in details.causes (also: an integer out of range, an object over "
+           "256 KiB as stored)",
     "502": "BadGateway: the machine's agent answered something other than the log",
     "503": "ServiceUnavailable: etcd is unreachable",
 }
+
+
+JSON_VALUE = "#/components/schemas/JsonValue"
 
 
 def _error_responses(*codes: str) -> dict[str, Any]:
@@ -50,12 +71,14 @@ NAME_PARAM = {
     "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63},
 }
 LIST_PARAMS = [
-    {"name": "labelSelector", "in": "query", "schema": {"type": "string"},
+    {"name": "labelSelector", "in": "query", "schema": {"type": "string", "pattern": LABEL_SELECTOR_PATTERN},
      "description": "k=v, k!=v, k in (a,b), k notin (a,b), k, !k; comma-separated, ANDed"},
-    {"name": "fieldSelector", "in": "query", "schema": {"type": "string"},
+    {"name": "fieldSelector", "in": "query", "schema": {"type": "string", "pattern": FIELD_SELECTOR_PATTERN},
      "description": "dotted.path=value or dotted.path!=value, e.g. spec.machine=m1"},
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-    {"name": "continue", "in": "query", "schema": {"type": "string"}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER},
+     "description": "at most this many items (0: all), with metadata.continue when there are more"},
+    {"name": "continue", "in": "query", "schema": {"type": "string"},
+     "description": "the metadata.continue of the previous page (an opaque token; any other value is 400)"},
 ]
 WATCH_NOTE = (
     "With `?watch=1&resourceVersion=RV[&timeoutSeconds=S]` the response is a stream of newline-delimited "
@@ -63,6 +86,8 @@ WATCH_NOTE = (
     "longer in the watch window. (Not listed as formal parameters: a stream that never ends is not a "
     "response a spec-driven fuzzer can check.)"
 )
+
+
 SECRET_REF_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]{1,253}$"
 # who sees what, for resources whose reads depend on the reader
 READ_NOTES = {
@@ -97,72 +122,63 @@ def _path(spec: APISpec, *, path: str, operations: dict[str, Any]) -> None:
 
 def _paths(spec: APISpec) -> None:
     for resource, kind in RESOURCES.items():
-        _collection_path(spec, resource, kind)
-        _item_paths(spec, resource, kind)
-    _scale_path(spec)
-    _heartbeat_path(spec)
-    _log_path(spec)
-    _server_paths(spec)
-
-
-def _collection_path(spec: APISpec, resource: str, kind: str) -> None:
-    base = f"/api/v1/{resource}"
-    _path(spec, path=base, operations={
-        "get": {
-            "operationId": f"list{kind}", "summary": f"List (or watch) {resource}",
-            "description": " ".join(filter(None, (WATCH_NOTE, READ_NOTES.get(resource)))),
-            "parameters": LIST_PARAMS,
-            "responses": {"200": {"description": "the list", "content": _json(f"{kind}List")},
-                          **_error_responses("400", "401", "403", "503")},
-        },
-        "post": {
-            "operationId": f"create{kind}", "summary": f"Create a {kind}",
-            "requestBody": {"required": True, "content": _json(kind)},
-            "responses": {"201": {"description": "created", "content": _json(kind)},
-                          **_error_responses("400", "401", "403", "409", "413", "415", "422", "503")},
-        },
-    })
-
-
-def _item_paths(spec: APISpec, resource: str, kind: str) -> None:
-    base = f"/api/v1/{resource}"
-    item = f"{base}/{{name}}"
-    _path(spec, path=item, operations={
-        "parameters": [NAME_PARAM],
-        "get": {"operationId": f"read{kind}", "summary": f"Read a {kind}",
-                **({"description": READ_NOTES[resource]} if resource in READ_NOTES else {}),
-                "responses": {"200": {"description": "the object", "content": _json(kind)},
-                              **_error_responses("401", "403", "404", "503")}},
-        "put": {"operationId": f"replace{kind}",
-                "summary": f"Replace a {kind} (status is ignored; a stale metadata.resourceVersion is 409)",
+        base = f"/api/v1/{resource}"
+        _path(spec, path=base, operations={
+            "get": {
+                "operationId": f"list{kind}", "summary": f"List (or watch) {resource}",
+                "description": " ".join(filter(None, (WATCH_NOTE, READ_NOTES.get(resource)))),
+                "parameters": LIST_PARAMS,
+                "responses": {"200": {"description": "the list", "content": _json(f"{kind}List")},
+                              **_error_responses("400", "401", "403", "503")},
+            },
+            "post": {
+                "operationId": f"create{kind}", "summary": f"Create a {kind}",
                 "requestBody": {"required": True, "content": _json(kind)},
-                "responses": {"200": {"description": "replaced", "content": _json(kind)},
-                              **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
-        "patch": {"operationId": f"patch{kind}", "summary": f"Merge-patch a {kind} (RFC 7386)",
-                  "requestBody": {"required": True,
-                                  "content": {"application/merge-patch+json": {"schema": {"type": "object"}}}},
-                  "responses": {"200": {"description": "patched", "content": _json(kind)},
-                                **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
-                                                   "503")}},
-        "delete": {"operationId": f"delete{kind}", "summary": f"Delete a {kind}",
-                   "responses": {"200": {"description": "the deleted object", "content": _json(kind)},
-                                 **_error_responses("401", "403", "404", "503")}},
-    })
-    if kind in HAS_STATUS:
-        _path(spec, path=f"{item}/status", operations={
+                "responses": {"201": {"description": "created", "content": _json(kind)},
+                              **_error_responses("400", "401", "403", "409", "413", "415", "422", "503")},
+            },
+        })
+        item = f"{base}/{{name}}"
+        _path(spec, path=item, operations={
             "parameters": [NAME_PARAM],
-            "get": {"operationId": f"read{kind}Status", "summary": f"Read a {kind} with its status",
+            "get": {"operationId": f"read{kind}", "summary": f"Read a {kind}",
+                    **({"description": READ_NOTES[resource]} if resource in READ_NOTES else {}),
                     "responses": {"200": {"description": "the object", "content": _json(kind)},
                                   **_error_responses("401", "403", "404", "503")}},
-            "put": {"operationId": f"replace{kind}Status", "summary": f"Replace a {kind}'s status only",
+            "put": {"operationId": f"replace{kind}",
+                    "summary": f"Replace a {kind} (status is ignored; a stale metadata.resourceVersion is 409)",
                     "requestBody": {"required": True, "content": _json(kind)},
-                    "responses": {"200": {"description": "updated", "content": _json(kind)},
-                                  **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
-                                                     "503")}},
+                    "responses": {"200": {"description": "replaced", "content": _json(kind)},
+                                  **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
+            "patch": {"operationId": f"patch{kind}", "summary": f"Merge-patch a {kind} (RFC 7386)",
+                      "requestBody": {"required": True, "content": {"application/merge-patch+json": {
+                          "schema": {"type": "object", "additionalProperties": {"$ref": JSON_VALUE}}}}},
+                      "responses": {"200": {"description": "patched", "content": _json(kind)},
+                                    **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
+                                                       "503")}},
+            "delete": {"operationId": f"delete{kind}", "summary": f"Delete a {kind}",
+                       "responses": {"200": {"description": "the deleted object", "content": _json(kind)},
+                                     **_error_responses("401", "403", "404", "503")}},
         })
+        if kind in HAS_STATUS:
+            _path(spec, path=f"{item}/status", operations={
+                "parameters": [NAME_PARAM],
+                "get": {"operationId": f"read{kind}Status", "summary": f"Read a {kind} with its status",
+                        "responses": {"200": {"description": "the object", "content": _json(kind)},
+                                      **_error_responses("401", "403", "404", "503")}},
+                "put": {"operationId": f"replace{kind}Status",
+                        "summary": f"Replace a {kind}'s status only (the body is validated whole; without a spec "
+                                   "the stored one stands in)",
+                        "requestBody": {"required": True, "content": _json(f"{kind}StatusWrite")},
+                        "responses": {"200": {"description": "updated", "content": _json(kind)},
+                                      **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
+                                                         "503")}},
+            })
+    _subresource_paths(spec)
+    _probe_paths(spec)
 
 
-def _scale_path(spec: APISpec) -> None:
+def _subresource_paths(spec: APISpec) -> None:
     _path(spec, path="/api/v1/units/{name}/scale", operations={
         "parameters": [NAME_PARAM],
         "get": {"operationId": "readUnitScale", "summary": "Read a unit's replicas",
@@ -173,9 +189,6 @@ def _scale_path(spec: APISpec) -> None:
                 "responses": {"200": {"description": "the new scale", "content": _json("Scale")},
                               **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
     })
-
-
-def _heartbeat_path(spec: APISpec) -> None:
     _path(spec, path="/api/v1/machines/{name}/heartbeat", operations={
         "parameters": [NAME_PARAM],
         "post": {"operationId": "heartbeatMachine",
@@ -194,14 +207,13 @@ def _heartbeat_path(spec: APISpec) -> None:
                  "responses": {"200": {"description": "the machine and the lease TTL", "content": {
                      "application/json": {"schema": {"type": "object", "properties": {
                          "machine": {"$ref": "#/components/schemas/Machine"},
-                         "leaseTTL": {"type": "integer"}, "lease": {"type": "integer"},
+                         "leaseTTL": {"type": "integer"},
+                         # an etcd lease ID: int64, so beyond the +-2^53 that bodies sent to the server keep to
+                         "lease": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                          "logSigningKeys": {"type": "array", "items": {"type": "string"},
                                             "description": "base64 Ed25519 public keys of log tickets"}}}}}},
                      **_error_responses("400", "401", "403", "413", "415", "422", "503")}},
     })
-
-
-def _log_path(spec: APISpec) -> None:
     _path(spec, path="/api/v1/instances/{name}/log", operations={
         "parameters": [NAME_PARAM,
                        {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["0", "1"]}},
@@ -212,16 +224,19 @@ def _log_path(spec: APISpec) -> None:
     })
 
 
-def _server_paths(spec: APISpec) -> None:
-    """/healthz, /readyz and /metrics: open to anyone (no bearer token)."""
-    for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness: etcd reachable")):
-        _path(spec, path=path, operations={"get": {
-            "operationId": path.strip("/"), "summary": summary, "security": [],
-            "responses": {"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                          **_error_responses("503")}}})
+def _probe_paths(spec: APISpec) -> None:
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    _path(spec, path="/healthz", operations={"get": {
+        "operationId": "healthz", "summary": "liveness", "security": [],
+        "responses": {"200": {"description": "ok", "content": text}}}})
+    _path(spec, path="/readyz", operations={"get": {
+        "operationId": "readyz", "security": [{}, {"bearer": []}],
+        "summary": "readiness: etcd reachable ('not ready' without a token; the reason for an admin or viewer)",
+        "responses": {"200": {"description": "ok", "content": text}, **_error_responses("401", "503")}}})
     _path(spec, path="/metrics", operations={"get": {
-        "operationId": "metrics", "summary": "Prometheus metrics", "security": [],
-        "responses": {"200": {"description": "text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
+        "operationId": "metrics",
+        "summary": "Prometheus metrics (an admin or viewer token, unless cp-apiserver runs with --metrics-anonymous)",
+        "responses": {"200": {"description": "text format", "content": text}, **_error_responses("401", "403")}}})
 
 
 @functools.cache
@@ -229,7 +244,7 @@ def _document() -> dict[str, Any]:
     spec = APISpec(
         title="controlplane", version=__version__, openapi_version="3.1.0",
         plugins=[MarshmallowPlugin()],
-        info={"description": "A fleet-style container scheduler with a Kubernetes-style REST API."},
+        info={"description": DESCRIPTION},
         security=[{"bearer": []}],
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
@@ -241,7 +256,19 @@ def _document() -> dict[str, Any]:
         spec.components.schema(f"{kind}List", _list_schema(kind))
     _paths(spec)
     doc = spec.to_dict()
-    _key_rules(doc["components"]["schemas"])
+    schemas = doc["components"]["schemas"]
+    _key_rules(schemas)
+    _cross_field_rules(schemas)
+    for kind in sorted(HAS_STATUS):  # a status write: like the object, but its spec may be left out
+        schemas[f"{kind}StatusWrite"] = {**copy.deepcopy(schemas[kind]), "required": ["metadata"]}
+    schemas["JsonValue"] = {"anyOf": [  # any JSON, with every number in the server's range
+        {"type": ["string", "boolean", "null", "number"]},
+        {"type": "array", "items": {"$ref": JSON_VALUE}},
+        {"type": "object", "additionalProperties": {"$ref": JSON_VALUE}},
+    ]}
+    for free_form in ("metadata", "status"):  # a Scale's: read for metadata.resourceVersion only
+        schemas["Scale"]["properties"][free_form]["additionalProperties"] = {"$ref": JSON_VALUE}
+    _bound_numbers(doc)
     return doc
 
 
@@ -260,6 +287,49 @@ def _key_rules(schemas: dict[str, Any]) -> None:
     schemas["Secret"]["properties"]["data"].update(
         propertyNames={"pattern": SECRET_KEY.pattern},
         description=f"key -> value; keys and values together at most {SECRET_MAX_BYTES} bytes")
+
+
+def _cross_field_rules(schemas: dict[str, Any]) -> None:
+    """The combination rules of schemas.py's ``@validates_schema`` methods that JSON Schema can say.
+    (Each branch says ``type: object``: without it a branch holds for any non-object, and a
+    generator may take that for a valid body.)"""
+
+    def obj(**keywords: Any) -> dict[str, Any]:
+        return {"type": "object", **keywords}
+
+    empty = {"maxLength": 0}
+    schemas["Health"]["oneOf"] = [obj(required=[probe]) for probe in ("http", "tcp", "exec")]
+    schemas["Proxy"]["anyOf"] = [
+        obj(properties={"kind": {"const": "loadbalancer"}}, required=["target"]),
+        obj(properties={"kind": {"const": "edge"}}, required=["domain"]),
+    ]
+    not_global = {"global": {"const": False}}
+    schemas["UnitSpec"]["allOf"] = [
+        obj(anyOf=[obj(required=["image"]), obj(required=["proxy"])]),
+        # a pin (placement.machine) goes with no conflicts, machineOf or global
+        obj(anyOf=[obj(properties={"placement": obj(properties={"machine": empty})}),
+                   obj(properties={**not_global, "placement": obj(properties={
+                       "conflicts": {"maxItems": 0}, "machineOf": empty})})]),
+        obj(anyOf=[obj(properties=not_global), obj(properties={"placement": obj(properties={"machineOf": empty})})]),
+    ]
+    for kind in ("Unit", "Instance"):  # their spec has required fields, so it has no default
+        schemas[kind]["required"] = [*schemas[kind]["required"], "spec"]
+
+
+def _bound_numbers(node: Any) -> None:
+    """Every number the document names gets the server's range (http.py), where it states none
+    of its own. (A schema of several types keeps its bounds: they apply to numbers only.)"""
+    if isinstance(node, dict):
+        kinds = node.get("type")
+        kinds = kinds if isinstance(kinds, list) else [kinds]
+        if "integer" in kinds or "number" in kinds:
+            node.setdefault("minimum", -MAX_SAFE_INTEGER)
+            node.setdefault("maximum", MAX_SAFE_INTEGER)
+        for value in node.values():
+            _bound_numbers(value)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_numbers(value)
 
 
 def openapi_document() -> dict[str, Any]:

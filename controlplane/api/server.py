@@ -17,7 +17,7 @@ from aiohttp import web
 
 from controlplane.admission import POLICY_KEY, AdmissionPolicy, parse_capabilities
 from controlplane.api.app import make_app
-from controlplane.api.auth import TokenTable
+from controlplane.api.auth import TokenFileError, TokenTable, reload_tokens
 from controlplane.errors import CPError
 from controlplane.model import DEFAULT_PIDS_LIMIT, DEFAULT_PROXY_IMAGE, MAX_PIDS_LIMIT
 
@@ -44,6 +44,7 @@ async def serve(
     tls_key: str | None,
     controllers: bool = True,
     admission: AdmissionPolicy | None = None,
+    metrics_anonymous: bool = False,
 ) -> None:
     from controlplane.store import open_store
 
@@ -55,7 +56,8 @@ async def serve(
     if connect is not None:
         await connect()  # StoreUnavailable (exit 1 with the reason) when no endpoint answers
     config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen,
-              POLICY_KEY: admission or AdmissionPolicy(proxy_image=proxy_image)}
+              POLICY_KEY: admission or AdmissionPolicy(proxy_image=proxy_image),
+              "metrics_anonymous": metrics_anonymous}
     contexts = []
     if controllers:
         from controlplane.api.leadership import leadership_context
@@ -78,6 +80,8 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tokens is not None and token_file:
+        loop.add_signal_handler(signal.SIGHUP, reload_tokens, tokens, token_file)
     try:
         await stop.wait()
     finally:
@@ -93,7 +97,7 @@ async def serve(
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False))
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False),
-              help="CSV token,user,role[,machine]")
+              help="CSV token,user,role[,machine], mode 0600; SIGHUP reloads it")
 @click.option("--insecure-no-auth", is_flag=True, help="serve without authentication (logged on every start)")
 @click.option("--machine-ttl", type=click.IntRange(1, 3600), default=5, show_default=True)
 @click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True,
@@ -107,11 +111,13 @@ async def serve(
 @click.option("--allowed-capabilities", default="", metavar="CAP,CAP",
               help="capabilities units may name in spec.capAdd (default: none)")
 @click.option("--no-controllers", is_flag=True, help="serve the API only; never run the scheduler")
+@click.option("--metrics-anonymous", is_flag=True, help="serve /metrics without a token (else admin or viewer)")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(
     etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
     insecure_no_auth: bool, machine_ttl: int, proxy_image: str, default_pids_limit: int, max_pids_limit: int,
-    allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, log_level: str,
+    allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, metrics_anonymous: bool,
+    log_level: str,
 ) -> None:
     """The controlplane API server (and, when elected, scheduler and controllers)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -135,8 +141,11 @@ def main(
         asyncio.run(serve(
             etcd=etcd, prefix=prefix, listen=listen, token_file=token_file, insecure_no_auth=insecure_no_auth,
             machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
-            controllers=not no_controllers, admission=admission,
+            controllers=not no_controllers, admission=admission, metrics_anonymous=metrics_anonymous,
         ))
+    except TokenFileError as err:  # a configuration error, like a bad flag
+        click.echo(f"cp-apiserver: {err.message}", err=True)
+        sys.exit(2)
     except CPError as err:
         click.echo(f"cp-apiserver: {err.message}", err=True)
         sys.exit(1)

@@ -21,6 +21,7 @@ from controlplane.errors import AlreadyExists, Conflict, CPError, ServiceUnavail
 from .common import KIND_TO_RESOURCE, CLIError, call, error_line, ref
 from .config import connection_options
 from .run import DEFAULT_TIMEOUT
+from .terminal import echo
 from .wait import wait_for_units
 
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp")
@@ -132,9 +133,9 @@ def apply_command(source: IO[str], wait: bool, timeout: float) -> None:
                 if isinstance(err, ServiceUnavailable):
                     raise  # the server is unreachable: the other objects would fail the same way
                 failed += 1
-                click.echo(f"error: {name}: {error_line(err)}", err=True)
+                echo(f"error: {name}: {error_line(err)}", err=True)
                 continue
-            click.echo(f"{name} {outcome}")
+            echo(f"{name} {outcome}")
             if resource == "units":
                 units.append(obj["metadata"]["name"])
         if wait and units and not failed:

@@ -18,6 +18,7 @@ from controlplane.errors import CPError
 from controlplane.model import RESOURCES
 
 from .config import config_from_context
+from .terminal import echo
 
 T = TypeVar("T")
 
@@ -60,9 +61,9 @@ class CLIError(click.ClickException):
         self.details = list(details or [])
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        echo(f"error: {self.format_message()}", err=True)
         for line in self.details:
-            click.echo(line, err=True)
+            echo(line, err=True)
 
 
 class WaitTimeout(CLIError):
@@ -108,4 +109,4 @@ def call(func: Callable[[Client], Awaitable[T]], *, ctx: click.Context | None = 
 
 def echo_lines(lines: list[str]) -> None:
     for line in lines:
-        click.echo(line)
+        echo(line)

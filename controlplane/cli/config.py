@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from .terminal import echo
+
 DEFAULT_SERVER = "http://127.0.0.1:7070"
 ENV_VARS = {"server": "CPCTL_SERVER", "token": "CPCTL_TOKEN", "ca": "CPCTL_CA"}
 FLAGS_KEY = "cpctl.flags"
@@ -27,7 +29,7 @@ class ConfigError(click.ClickException):
     """The config file exists but cannot be used (exit 1, like any refused request)."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        echo(f"error: {self.format_message()}", err=True)
 
 
 @dataclass(frozen=True)

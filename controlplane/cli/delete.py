@@ -10,6 +10,7 @@ from controlplane.client import Client
 from .common import call, ref
 from .config import connection_options
 from .get import kind_argument
+from .terminal import echo
 from .wait import wait_for_deletion
 
 
@@ -26,7 +27,7 @@ def delete_command(kind: str, name: str, wait: bool, timeout: float) -> None:
 
     async def go(api: Client) -> None:
         await api.delete(resource, name)
-        click.echo(f"{ref(resource, name)} deleted")
+        echo(f"{ref(resource, name)} deleted")
         if wait:
             await wait_for_deletion(api, resource, name, timeout=timeout)
 

@@ -14,6 +14,7 @@ from .common import KINDS, call
 from .config import connection_options
 from .get import kind_argument
 from .printers import NONE, age, dump_yaml, format_table, labels_text
+from .terminal import echo
 from .wait import describe_instance
 
 RECENT_EVENTS = 20
@@ -126,4 +127,4 @@ def describe_command(kind: str, name: str) -> None:
             instances.sort(key=lambda i: int((i.get("spec") or {}).get("index") or 0))
         return describe_text(resource, obj, instances=instances, events=events)
 
-    click.echo(call(go))
+    echo(call(go))

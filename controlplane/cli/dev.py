@@ -10,11 +10,13 @@ import click
 from controlplane import dev as devlib
 from controlplane.model import DEFAULT_PROXY_IMAGE
 
+from .terminal import echo
+
 STATE_DIR_HELP = "state folder [env CPCTL_DEV_STATE_DIR; default ~/.local/state/cpctl-dev]"
 
 
 def _fail(err: Exception) -> None:
-    click.echo(f"error: {err}", err=True)
+    echo(f"error: {err}", err=True)
     raise SystemExit(1)
 
 
@@ -43,15 +45,15 @@ def up_command(machines: int, state_dir: str | None, cluster: str, api_port: int
                                api_port=api_port, agent_port=agent_port, machine_ttl=machine_ttl,
                                proxy_image=proxy_image, timeout=timeout)
     try:
-        state = devlib.up(options, echo=click.echo)
+        state = devlib.up(options, echo=echo)
     except devlib.DevError as err:
         _fail(err)
         return
     if state.was_up:
         return
-    click.echo("")
-    click.echo(f"Up: {len(state.machines)} machines; logs in {state.state_dir / 'logs'}.")
-    click.echo("Try:  cpctl list-machines    |  cpctl dev status    |  cpctl dev down (removes everything)")
+    echo("")
+    echo(f"Up: {len(state.machines)} machines; logs in {state.state_dir / 'logs'}.")
+    echo("Try:  cpctl list-machines    |  cpctl dev status    |  cpctl dev down (removes everything)")
 
 
 @dev.command("status")
@@ -67,29 +69,29 @@ def status_command(state_dir: str | None, output: str) -> None:
     if info is None:
         folder = devlib.resolve_state_dir(state_dir)
         if output == "json":
-            click.echo(json.dumps({"stateDir": str(folder), "up": False}))
+            echo(json.dumps({"stateDir": str(folder), "up": False}))
         else:
-            click.echo(f"no dev cluster in {folder} (start one with `cpctl dev up`)")
+            echo(f"no dev cluster in {folder} (start one with `cpctl dev up`)")
         raise SystemExit(1)
     healthy = all(p["alive"] for p in info["processes"]) and info["apiReachable"]
     if output == "json":
-        click.echo(json.dumps({**info, "up": healthy}, indent=2))
+        echo(json.dumps({**info, "up": healthy}, indent=2))
     else:
-        click.echo(f"cluster {info['cluster']}  server {info['server']}  state folder {info['stateDir']}")
-        click.echo("")
-        click.echo(f"{'PROCESS':<14}{'STATE':<7}{'PID':>8}  LOG")
+        echo(f"cluster {info['cluster']}  server {info['server']}  state folder {info['stateDir']}")
+        echo("")
+        echo(f"{'PROCESS':<14}{'STATE':<7}{'PID':>8}  LOG")
         for p in info["processes"]:
-            click.echo(f"{p['name']:<14}{'alive' if p['alive'] else 'DEAD':<7}{p['pid']:>8}  {p['log']}")
-        click.echo("")
+            echo(f"{p['name']:<14}{'alive' if p['alive'] else 'DEAD':<7}{p['pid']:>8}  {p['log']}")
+        echo("")
         if not info["apiReachable"]:
-            click.echo("machines: the API server does not answer")
+            echo("machines: the API server does not answer")
         else:
-            click.echo(f"{'MACHINE':<10}{'STATE':<10}{'ADDRESS':<14}INSTANCES")
+            echo(f"{'MACHINE':<10}{'STATE':<10}{'ADDRESS':<14}INSTANCES")
             for m in info["machines"]:
                 state = m["state"] + (",cordoned" if m["unschedulable"] else "")
-                click.echo(f"{m['name']:<10}{state:<10}{m['address']:<14}{m['instances']}")
+                echo(f"{m['name']:<10}{state:<10}{m['address']:<14}{m['instances']}")
         if info["containers"] is not None:
-            click.echo(f"\ncontainers labelled cp.cluster={info['cluster']}: {info['containers']}")
+            echo(f"\ncontainers labelled cp.cluster={info['cluster']}: {info['containers']}")
     if not healthy:
         raise SystemExit(1)
 
@@ -99,6 +101,6 @@ def status_command(state_dir: str | None, output: str) -> None:
 def down_command(state_dir: str | None) -> None:
     """Stop every process `dev up` started, remove the cluster's containers and the state folder."""
     try:
-        devlib.down(state_dir, echo=click.echo)
+        devlib.down(state_dir, echo=echo)
     except devlib.DevError as err:
         _fail(err)

@@ -13,6 +13,7 @@ from controlplane.errors import Gone
 from .common import call, ref, resolve_kind
 from .config import connection_options
 from .printers import OUTPUTS, render, table
+from .terminal import echo
 
 
 def kind_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -21,7 +22,7 @@ def kind_argument(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 def _print(text: str) -> None:
     if text:
-        click.echo(text)
+        echo(text)
 
 
 async def _watch(
@@ -94,7 +95,7 @@ def get_command(
                          items=items, revision=revision, timeout=watch_timeout)
             return
         if not items and output in ("table", "wide"):
-            click.echo(f"No {resource} found.", err=True)
+            echo(f"No {resource} found.", err=True)
             return
         _print(render(resource, items, output, resource_version=revision))
 

@@ -1,5 +1,7 @@
 """``cpctl logs INSTANCE [-f] [--tail N]``: a container's output, proxied by the API server
-from the agent of the instance's machine; bytes are passed through undecoded."""
+from the agent of the instance's machine. Into a pipe or a file the bytes pass undecoded (as
+with ``kubectl logs``); on a terminal they go through ``terminal.LogFilter``, so a container
+cannot send the terminal escape sequences (pipe through ``cat`` for the raw bytes)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from controlplane.client import Client
 
 from .common import call
 from .config import connection_options
+from .terminal import LogFilter
 
 
 @click.command("logs")
@@ -23,8 +26,12 @@ def logs_command(instance: str, follow: bool, tail: int | None) -> None:
 
     async def go(api: Client) -> None:
         out = sys.stdout.buffer
+        screen = LogFilter() if sys.stdout.isatty() else None
         async for chunk in api.logs(instance, follow=follow, tail=tail):
-            out.write(chunk)
+            out.write(chunk if screen is None else screen.feed(chunk).encode())
+            out.flush()
+        if screen is not None:
+            out.write(screen.feed(b"", final=True).encode())
             out.flush()
 
     call(go)

@@ -23,6 +23,7 @@ from controlplane.errors import NotFound
 from .common import call, ref
 from .config import connection_options
 from .printers import format_table
+from .terminal import echo
 
 
 def fleet_state(instance: dict[str, Any]) -> tuple[str, str]:
@@ -71,7 +72,7 @@ def list_machines_command() -> None:
         machines, _ = await api.list_all("machines")
         return list_machines_table(machines)
 
-    click.echo(call(go))
+    echo(call(go))
 
 
 @click.command("list-units")
@@ -84,7 +85,7 @@ def list_units_command() -> None:
         machines, _ = await api.list_all("machines")
         return list_units_table(instances, machines)
 
-    click.echo(call(go))
+    echo(call(go))
 
 
 async def _set_unschedulable(api: Client, machine: str, value: bool) -> None:
@@ -101,7 +102,7 @@ def cordon_command(machine: str) -> None:
         await _set_unschedulable(api, machine, True)
 
     call(go)
-    click.echo(f"{ref('machines', machine)} cordoned")
+    echo(f"{ref('machines', machine)} cordoned")
 
 
 @click.command("uncordon")
@@ -114,7 +115,7 @@ def uncordon_command(machine: str) -> None:
         await _set_unschedulable(api, machine, False)
 
     call(go)
-    click.echo(f"{ref('machines', machine)} uncordoned")
+    echo(f"{ref('machines', machine)} uncordoned")
 
 
 @click.command("drain")
@@ -125,7 +126,7 @@ def drain_command(machine: str) -> None:
 
     async def go(api: Client) -> None:
         await _set_unschedulable(api, machine, True)
-        click.echo(f"{ref('machines', machine)} cordoned")
+        echo(f"{ref('machines', machine)} cordoned")
         instances, _ = await api.list_all("instances", field_selector=f"spec.machine={machine}")
         for inst in instances:
             name = (inst.get("metadata") or {}).get("name", "")
@@ -133,8 +134,8 @@ def drain_command(machine: str) -> None:
                 await api.delete("instances", name)
             except NotFound:
                 continue  # gone already
-            click.echo(f"{ref('instances', name)} evicted")
-        click.echo(f"{ref('machines', machine)} drained")
+            echo(f"{ref('instances', name)} evicted")
+        echo(f"{ref('machines', machine)} drained")
 
     call(go)
 

@@ -16,6 +16,7 @@ import yaml
 from controlplane.model import API_VERSION, DEFAULT_PROTOCOL
 
 from .common import KINDS, ref
+from .terminal import safe_text
 
 OUTPUTS = ("table", "wide", "json", "yaml", "name")
 NONE = "<none>"
@@ -48,8 +49,9 @@ def age(timestamp: str | None, now: dt.datetime) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, three spaces apart, the last one unpadded."""
-    all_rows = [list(headers)] + [[str(c) for c in r] for r in rows]
+    """Columns padded to their widest cell, three spaces apart, the last one unpadded. A cell is
+    one line of terminal-safe text (server data may hold escape sequences)."""
+    all_rows = [list(headers)] + [[safe_text(str(c), multiline=False) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(headers))]
     lines = []
     for row in all_rows:

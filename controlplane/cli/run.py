@@ -19,6 +19,7 @@ from controlplane.model import API_VERSION, DEFAULT_PROTOCOL, DEFAULT_PROXY_PORT
 
 from .common import call, ref
 from .config import connection_options
+from .terminal import echo
 from .wait import wait_for_units
 
 PORT_RE = re.compile(r"^(\d{1,5})(?::(\d{1,5}))?(?:/(tcp|udp))?$")
@@ -241,7 +242,7 @@ def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float,
 
     async def go(api: Client) -> None:
         await api.create("units", unit)
-        click.echo(f"{ref('units', name)} created")
+        echo(f"{ref('units', name)} created")
         if wait:
             await wait_for_units(api, [name], timeout=timeout)
 

@@ -9,6 +9,7 @@ from controlplane.client import Client
 from .common import call, ref
 from .config import connection_options
 from .run import DEFAULT_TIMEOUT
+from .terminal import echo
 from .wait import wait_for_units
 
 
@@ -23,7 +24,7 @@ def scale_command(name: str, replicas: int, wait: bool, timeout: float) -> None:
 
     async def go(api: Client) -> None:
         await api.put_scale(name, replicas)
-        click.echo(f"{ref('units', name)} scaled to {replicas}")
+        echo(f"{ref('units', name)} scaled to {replicas}")
         if wait:
             await wait_for_units(api, [name], timeout=timeout)
 

@@ -13,6 +13,7 @@ from controlplane.errors import CPError
 from .common import error_line, make_client
 from .config import connection_options
 from .printers import dump_yaml
+from .terminal import echo
 
 
 @click.command("version")
@@ -35,12 +36,12 @@ def version_command(output: str) -> None:
     asyncio.run(go(client))
     data = {"client": {"version": __version__}, "server": server}
     if output == "json":
-        click.echo(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
     elif output == "yaml":
-        click.echo(dump_yaml(data).rstrip("\n"))
+        echo(dump_yaml(data).rstrip("\n"))
     else:
-        click.echo(f"Client Version: {__version__}")
+        echo(f"Client Version: {__version__}")
         if "version" in server:
-            click.echo(f"Server Version: {server['version']} ({client.server})")
+            echo(f"Server Version: {server['version']} ({client.server})")
         else:
-            click.echo(f"Server Version: unknown ({server['error']})")
+            echo(f"Server Version: unknown ({server['error']})")

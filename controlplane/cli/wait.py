@@ -17,12 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import click
-
 from controlplane.client import Client
 from controlplane.errors import NotFound
 
 from .common import WaitTimeout, ref
+from .terminal import echo, safe_text
 
 POLL_SECONDS = 0.1  # a poll is one cached read on the server: cheap
 
@@ -119,7 +118,7 @@ class PlainDisplay:
             line = item.summary()
             if self._last.get(item.name) != line:
                 self._last[item.name] = line
-                click.echo(line)
+                echo(line)
 
     def close(self) -> None:
         pass
@@ -142,11 +141,12 @@ class RichDisplay:
         text = Text()
         for item in progress:
             mark = "✓" if item.done else "…"
-            text.append(f"{mark} {item.summary()}\n", style="green" if item.done else "yellow")
+            text.append(safe_text(f"{mark} {item.summary()}", multiline=False) + "\n",
+                        style="green" if item.done else "yellow")
             if not item.done:
                 for inst in item.instances:
                     if not _is_up(inst):
-                        text.append(f"    {describe_instance(inst)}\n", style="dim")
+                        text.append(safe_text(f"    {describe_instance(inst)}", multiline=False) + "\n", style="dim")
         self._live.update(text)
 
     def close(self) -> None:

@@ -50,7 +50,8 @@ def unit_of(write: Write, instances: Mapping[str, Mapping[str, Any]]) -> str:
 
 def failure_of(write: Write, error: CPError, instances: Mapping[str, Mapping[str, Any]]) -> WriteFailure:
     reason = _REASONS.get(write.op, "FailedWrite")
-    return WriteFailure(unit_of(write, instances), reason, error.message,
+    short = error.causes[0].message if error.causes else error.message  # the why, without the name
+    return WriteFailure(unit_of(write, instances), reason, short,
                         f"{write.op.value} {write.target} ({write.reason}) failed: {error.message}")
 
 

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from apiserver_fixture import write_tokens
+from apiserver_fixture import write_private, write_tokens
 from etcd_fixture import EtcdServer
 
 from controlplane.api.app import make_app
@@ -319,9 +319,17 @@ async def test_status_subresource(api: Api) -> None:
     body["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"]
     status, err = await api.call("PUT", "/api/v1/units/web/status", body=body)
     assert_status(err, 409, "Conflict")
-    status, err = await api.call("PUT", "/api/v1/units/web/status", body={"status": {"replicas": "two"}})
+    status, err = await api.call("PUT", "/api/v1/units/web/status",
+                                 body={"metadata": {"name": "web"}, "status": {"replicas": "two"}})
     assert_status(err, 422, "Invalid")
     assert [c["field"] for c in err["details"]["causes"]] == ["status.replicas"]
+    # the body is validated whole, and names its object
+    for bad, field in (({"status": {"replicas": 1}}, "metadata"),
+                       ({"metadata": {"name": "web"}, "spec": {"replicas": -1}}, "spec.replicas"),
+                       ({"metadata": {"name": "web", "labels": {"a": "b c"}}}, "metadata.labels")):
+        status, err = await api.call("PUT", "/api/v1/units/web/status", body=bad)
+        assert_status(err, 422, "Invalid")
+        assert [c["field"] for c in err["details"]["causes"]] == [field], err
     status, err = await api.call("PUT", "/api/v1/units/nope/status", body={"status": {}})
     assert_status(err, 404, "NotFound")
     status, err = await api.call("GET", "/api/v1/endpoints/web/status")
@@ -383,9 +391,9 @@ async def test_bad_bodies(api: Api) -> None:
     assert await api.etcd_keys() == {}
 
 
-async def test_body_over_one_mib(api: Api) -> None:
+async def test_body_over_256_kib(api: Api) -> None:
     big = unit("web")
-    big["metadata"]["annotations"] = {"blob": "x" * (1024 * 1024 + 10)}
+    big["metadata"]["annotations"] = {"blob": "x" * (256 * 1024)}
     status, body = await api.call("POST", "/api/v1/units", body=big)
     assert status == 413
     assert_status(body, 413, "RequestEntityTooLarge")
@@ -467,9 +475,17 @@ async def test_auth_roles(api: Api) -> None:
     assert_status(err, 401, "Unauthorized")
     status, err = await api.call("POST", "/api/v1/units", token=None, body=unit("x"))
     assert_status(err, 401, "Unauthorized")
-    for path in ("/healthz", "/readyz", "/openapi.json", "/metrics"):
+    for path in ("/healthz", "/readyz", "/openapi.json", "/version"):
         status, _ = await api.call("GET", path, token=None)
         assert status == 200, path
+    # /metrics: readers (admin, viewer) only
+    status, err = await api.call("GET", "/metrics", token=None)
+    assert_status(err, 401, "Unauthorized")
+    status, err = await api.call("GET", "/metrics", token=NODE_M1)
+    assert_status(err, 403, "Forbidden")
+    for token in (VIEWER, ADMIN):
+        status, text = await api.call("GET", "/metrics", token=token)
+        assert status == 200 and "cp_apiserver_requests_total" in text
     # viewer reads, never writes
     status, _ = await api.call("GET", "/api/v1/units/web", token=VIEWER)
     assert status == 200
@@ -498,7 +514,8 @@ async def test_node_token_own_machine_only(api: Api) -> None:
     status, machine = await api.call("GET", "/api/v1/machines/m1", token=NODE_M1)
     assert status == 200
     status, updated = await api.call("PUT", "/api/v1/machines/m1/status", token=NODE_M1,
-                                     body={"status": {**machine["status"], "agentVersion": "t2"}})
+                                     body={"metadata": {"name": "m1"},
+                                           "status": {**machine["status"], "agentVersion": "t2"}})
     assert status == 200, updated
     assert updated["status"]["agentVersion"] == "t2"
     status, err = await api.call("PUT", "/api/v1/machines/m2/status", token=NODE_M1,
@@ -520,10 +537,12 @@ async def test_node_token_own_machine_only(api: Api) -> None:
             "metadata": {"name": name}, "spec": {"unit": "web", "index": int(name[-1]), "machine": machine_name}})
         assert status == 201
     running = {"status": {"phase": "Running", "ready": True}}
-    status, ok = await api.call("PUT", "/api/v1/instances/web-0/status", token=NODE_M1, body=running)
+    status, ok = await api.call("PUT", "/api/v1/instances/web-0/status", token=NODE_M1,
+                                body={"metadata": {"name": "web-0"}, **running})
     assert status == 200 and ok["status"]["phase"] == "Running"
     for name in ("web-1", "web-2"):
-        status, err = await api.call("PUT", f"/api/v1/instances/{name}/status", token=NODE_M1, body=running)
+        status, err = await api.call("PUT", f"/api/v1/instances/{name}/status", token=NODE_M1,
+                                     body={"metadata": {"name": name}, **running})
         assert_status(err, 403, "Forbidden")
     status, err = await api.call("PUT", "/api/v1/instances/web-0", token=NODE_M1, body={
         "metadata": {"name": "web-0"}, "spec": {"unit": "web", "index": 0, "machine": "m2"}})
@@ -537,7 +556,7 @@ def test_server_refuses_to_start_without_auth(etcd: EtcdServer, unique_prefix: s
     assert proc.returncode != 0
     assert "--token-file" in proc.stderr
     bad = tmp_path / "bad.csv"
-    bad.write_text("tok,someone,superuser\n")
+    write_private(bad, "tok,someone,superuser\n")
     proc = subprocess.run([*base, "--token-file", str(bad)], capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "role" in proc.stderr
     proc = subprocess.run([*base, "--token-file", str(tmp_path / "missing.csv")], capture_output=True,
@@ -720,6 +739,14 @@ async def test_etcd_down_is_503(unique_prefix: str, tmp_path: Path) -> None:
             status, text = await api.call("GET", "/readyz", token=None)
             assert status == 503
             assert_status(text, 503, "ServiceUnavailable")
+            # to a caller without a token (or with a node's), only "not ready": no etcd address, no error
+            assert text["message"] == "not ready" and "details" not in text, text
+            status, text = await api.call("GET", "/readyz", token=NODE_M1)
+            assert text["message"] == "not ready", text
+            status, text = await api.call("GET", "/readyz", token=VIEWER)
+            assert status == 503 and text["message"].startswith("not ready: the store is unreachable"), text
+            status, text = await api.call("GET", "/readyz", token="not-a-token")
+            assert_status(text, 401, "Unauthorized")
             status, text = await api.call("GET", "/healthz", token=None)
             assert status == 200
             for method, path, body in [

@@ -27,7 +27,8 @@ UNITS = [f"svc{i}" for i in range(8)]
 
 def is_leader(api: ApiServer) -> bool:
     try:
-        with urllib.request.urlopen(api.url + "/metrics", timeout=1) as resp:
+        req = urllib.request.Request(api.url + "/metrics", headers={"Authorization": f"Bearer {api.admin_token}"})
+        with urllib.request.urlopen(req, timeout=1) as resp:
             text = resp.read().decode()
     except OSError:
         return False

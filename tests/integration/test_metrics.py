@@ -59,8 +59,9 @@ def call(api: ApiServer, method: str, path: str, body: object = None, token: str
         return int(err.code)
 
 
-def scrape(api: ApiServer) -> str:
-    with urllib.request.urlopen(api.url + "/metrics", timeout=5) as resp:
+def scrape(api: ApiServer, token: str = "viewer-token") -> str:
+    req = urllib.request.Request(api.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain")
         return str(resp.read().decode())
 
@@ -115,3 +116,23 @@ def test_metrics_after_traffic(apiserver: ApiServer, promtool: str) -> None:
 
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _anonymous_status(api: ApiServer, path: str) -> int:
+    try:
+        with urllib.request.urlopen(api.url + path, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def test_metrics_need_a_reader_unless_anonymous(apiserver: ApiServer, unique_prefix: str) -> None:
+    assert _anonymous_status(apiserver, "/metrics") == 401
+    assert "cp_apiserver_requests_total" in scrape(apiserver, "viewer-token")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        scrape(apiserver, "node-m1-token")
+    assert err.value.code == 403
+    with ApiServer(apiserver.etcd_url, unique_prefix + "-anon", controllers=False,
+                   extra_args=["--metrics-anonymous"]) as anonymous:
+        assert _anonymous_status(anonymous, "/metrics") == 200
+        assert _anonymous_status(anonymous, "/api/v1/units") == 401  # only /metrics is opened

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, User, authorize
-from controlplane.errors import Forbidden, Invalid, Unauthorized
+from controlplane.api.auth import ANONYMOUS_ADMIN, TokenFileError, TokenTable, User, authorize, parse_tokens
+from controlplane.errors import Forbidden, Unauthorized
 
 ADMIN = User("root", "admin")
 VIEWER = User("ro", "viewer")
@@ -85,10 +85,14 @@ def test_unknown_role_is_forbidden() -> None:
         authorize(User("x", "intruder"), "get", "units")
 
 
-def _table(tmp_path: Path, text: str) -> TokenTable:
-    path = tmp_path / "tokens.csv"
+def _write(path: Path, text: str, mode: int = 0o600) -> Path:
     path.write_text(text)
-    return TokenTable.from_file(path)
+    path.chmod(mode)
+    return path
+
+
+def _table(tmp_path: Path, text: str) -> TokenTable:
+    return TokenTable.from_file(_write(tmp_path / "tokens.csv", text))
 
 
 def test_token_file(tmp_path: Path) -> None:
@@ -107,21 +111,65 @@ def test_authenticate_refuses(tmp_path: Path, header: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "line"),
+    ("text", "line", "why"),
     [
-        ("t,alice\n", 1),
-        ("t,alice,root\n", 1),
-        ("ok,a,admin\nt,n1,node\n", 2),
-        ("ok,a,admin\n# c\nt,n1,node,\n", 3),
-        ("t\n", 1),
+        ("t,alice\n", 1, "malformed line"),
+        ("t,alice,admin,m1,extra\n", 1, "malformed line"),
+        (",alice,admin\n", 1, "malformed line"),
+        ("t,,admin\n", 1, "malformed line"),
+        ('"t,alice,admin\n', 1, "malformed line"),
+        ("t,alice,root\n", 1, "unknown role 'root'"),
+        ("ok,a,admin\nt,n1,node\n", 2, "needs its machine"),
+        ("ok,a,admin\n# c\nt,n1,node,\n", 3, "needs its machine"),
+        ("t,alice,admin,m1\n", 1, "only a node token names a machine"),
+        ("t,n1,node,M_1\n", 1, "not a DNS-1123 label"),
+        ("t o k,alice,admin\n", 1, "malformed token"),
+        ("t\n", 1, "malformed line"),
+        ("same,a,admin\nother,b,viewer\n\nsame,c,viewer\n", 4, "duplicate token (first on line 1)"),
     ],
 )
-def test_token_file_errors(tmp_path: Path, text: str, line: int) -> None:
-    with pytest.raises(Invalid) as err:
+def test_token_file_errors(tmp_path: Path, text: str, line: int, why: str) -> None:
+    with pytest.raises(TokenFileError) as err:
         _table(tmp_path, text)
-    assert f":{line}:" in err.value.message
+    assert err.value.message.startswith(f"{tmp_path / 'tokens.csv'}:{line}: ")
+    assert why in err.value.message and "\n" not in err.value.message
+    assert "same" not in err.value.message.split(":", 2)[2]  # a token is never quoted back
+
+
+def test_parse_tokens_is_pure() -> None:
+    assert parse_tokens("a,alice,admin\nb,n,node,m2\n", source="x") == {
+        "a": User("alice", "admin"), "b": User("n", "node", "m2")}
+    with pytest.raises(TokenFileError, match="^x: no tokens"):
+        parse_tokens("# nothing here\n\n", source="x")
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o601, 0o644, 0o666])
+def test_token_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = _write(tmp_path / "tokens.csv", "t,alice,admin\n", mode)
+    with pytest.raises(TokenFileError, match=f"mode {mode:04o}.*chmod 600"):
+        TokenTable.from_file(path)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_token_file_private_modes(tmp_path: Path, mode: int) -> None:
+    table = TokenTable.from_file(_write(tmp_path / "tokens.csv", "t,alice,admin\n", mode))
+    assert table.authenticate("Bearer t") == User("alice", "admin")
 
 
 def test_token_file_missing(tmp_path: Path) -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(TokenFileError, match="cannot read"):
         TokenTable.from_file(tmp_path / "nope.csv")
+
+
+def test_reload_swaps_all_or_nothing(tmp_path: Path) -> None:
+    path = _write(tmp_path / "tokens.csv", "old,alice,admin\n")
+    table = TokenTable.from_file(path)
+    assert table.reload(_write(path, "new,bob,viewer\n")) == 1
+    assert table.authenticate("Bearer new") == User("bob", "viewer")
+    with pytest.raises(Unauthorized):
+        table.authenticate("Bearer old")
+    with pytest.raises(TokenFileError):
+        table.reload(_write(path, "fine,carol,admin\nbad,dave,root\n"))
+    assert table.authenticate("Bearer new") == User("bob", "viewer")  # the old table stands
+    with pytest.raises(Unauthorized):
+        table.authenticate("Bearer fine")
