@@ -6,6 +6,8 @@
 Tokens: ``admin-token`` (admin), ``viewer-token`` (viewer), ``node-<m>-token`` (node bound to
 machine ``m``) for m in m1..m8, in a file of mode 0600. ``kill()`` sends SIGKILL (leader
 failover tests); ``reload_tokens()`` sends SIGHUP.
+``extra_args`` are appended to the command line (``--etcd-cacert ...``); ``run_until_exit()``
+runs a server that is expected to fail at start and returns its exit code, stdout and stderr.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class ApiServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "apiserver.log"
 
-    def start(self) -> ApiServer:
+    def command(self) -> list[str]:
         args = [
             sys.executable, "-m", "controlplane.api.server",
             "--etcd", self.etcd_url, "--etcd-prefix", self.prefix,
@@ -72,8 +74,16 @@ class ApiServer:
         ]
         if not self.controllers:
             args.append("--no-controllers")
+        return args
+
+    def run_until_exit(self, *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run the server in the foreground, for a start that must fail (TimeoutExpired if it serves)."""
+        return subprocess.run(self.command(), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def start(self) -> ApiServer:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

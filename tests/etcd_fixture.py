@@ -10,6 +10,11 @@ killed leader is replaced in about a second, and leases may be as short as 1 s.
     with EtcdCluster(n=3) as cluster:     # cluster.urls -> three client URLs
         cluster.kill(0)                   # SIGKILL member 0
         cluster.restart(0)                # same data dir, rejoins
+
+TLS and auth: ``EtcdServer(tls=pki)`` (a tests/tls_helper.Pki) serves https:// with
+``--client-cert-auth`` (clients need a certificate signed by ``pki.ca``); ``extra_args`` go to
+every member's command line (``["--auth-token-ttl", "2"]``); ``etcdctl(...)`` runs etcdctl
+against the members (as ``user`` when given, e.g. "root:PW").
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from tls_helper import Pki
 
 ETCD_BINARY = os.environ.get("CP_TEST_ETCD", shutil.which("etcd") or "/usr/bin/etcd")
 TUNING = ["--heartbeat-interval", "50", "--election-timeout", "500"]
@@ -36,10 +44,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def healthy(client_url: str, *, timeout: float = 0.5) -> bool:
+def client_ssl_context(pki: Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    return context
+
+
+def healthy(client_url: str, *, timeout: float = 0.5, pki: Pki | None = None) -> bool:
     """True when the member answers /health with a leader known."""
+    context = client_ssl_context(pki) if pki is not None else None
     try:
-        with urllib.request.urlopen(client_url + "/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(client_url + "/health", timeout=timeout, context=context) as resp:
             return bool(json.loads(resp.read()).get("health") == "true")
     except (OSError, ValueError):
         return False
@@ -48,8 +63,10 @@ def healthy(client_url: str, *, timeout: float = 0.5) -> bool:
 class _Member:
     """One etcd process: its name, ports, data dir and log file."""
 
-    def __init__(self, name: str, base: Path) -> None:
+    def __init__(self, name: str, base: Path, *, tls: Pki | None = None, extra_args: list[str] | None = None) -> None:
         self.name = name
+        self.tls = tls
+        self.extra_args = list(extra_args or [])
         self.client_port = free_port()
         self.peer_port = free_port()
         self.data_dir = base / name
@@ -58,7 +75,7 @@ class _Member:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -79,12 +96,20 @@ class _Member:
             "--logger", "zap",
             "--log-level", "warn",
             *TUNING,
+            *self.tls_args(),
+            *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 -- handed to the child process
         try:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             log.close()
+
+    def tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
+                "--client-cert-auth", "--trusted-ca-file", str(self.tls.ca)]
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -105,12 +130,16 @@ class _Member:
 class EtcdCluster:
     """``n`` etcd members on loopback in one temp dir; members can be killed and restarted."""
 
-    def __init__(self, n: int = 3, *, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self, n: int = 3, *, startup_timeout: float = 20.0, tls: Pki | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.n = n
         self.startup_timeout = startup_timeout
+        self.tls = tls
         self._tmp = Path(tempfile.mkdtemp(prefix="cp-etcd-"))
         self._token = f"cp-test-{os.getpid()}-{time.monotonic_ns()}"
-        self.members = [_Member(f"m{i}", self._tmp) for i in range(n)]
+        self.members = [_Member(f"m{i}", self._tmp, tls=tls, extra_args=extra_args) for i in range(n)]
         self._initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
@@ -140,7 +169,7 @@ class EtcdCluster:
         wanted = [self.members[i] for i in (members if members is not None else range(self.n))]
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            pending = [m for m in wanted if not healthy(m.client_url)]
+            pending = [m for m in wanted if not healthy(m.client_url, pki=self.tls)]
             if not pending:
                 return
             for member in pending:
@@ -150,6 +179,20 @@ class EtcdCluster:
                 names = ", ".join(m.name for m in pending)
                 raise TimeoutError(f"etcd {names} not healthy:\n{pending[0].log_tail()}")
             time.sleep(0.05)
+
+    def etcdctl(self, *args: str, user: str | None = None) -> str:
+        """Run ``etcdctl`` against every member (with the client certificate under TLS); its stdout."""
+        command = [shutil.which("etcdctl") or "/usr/bin/etcdctl", "--endpoints", self.url]
+        if self.tls is not None:
+            command += ["--cacert", str(self.tls.ca), "--cert", str(self.tls.client_cert),
+                        "--key", str(self.tls.client_key)]
+        if user is not None:
+            command += ["--user", user]
+        done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "ETCDCTL_API": "3"})
+        if done.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
 
     def kill(self, index: int) -> None:
         """SIGKILL one member (no clean shutdown)."""
@@ -185,8 +228,10 @@ class EtcdCluster:
 class EtcdServer(EtcdCluster):
     """A single throwaway etcd member."""
 
-    def __init__(self, *, startup_timeout: float = 20.0) -> None:
-        super().__init__(1, startup_timeout=startup_timeout)
+    def __init__(
+        self, *, startup_timeout: float = 20.0, tls: Pki | None = None, extra_args: list[str] | None = None
+    ) -> None:
+        super().__init__(1, startup_timeout=startup_timeout, tls=tls, extra_args=extra_args)
 
     @property
     def url(self) -> str:

@@ -20,6 +20,7 @@ from controlplane.api.app import make_app
 from controlplane.api.auth import TokenFileError, TokenTable, reload_tokens
 from controlplane.errors import CPError
 from controlplane.model import DEFAULT_PIDS_LIMIT, DEFAULT_PROXY_IMAGE, MAX_PIDS_LIMIT
+from controlplane.store.etcd_access import EtcdAccess, StoreConfigError
 
 log = logging.getLogger("cp-apiserver")
 
@@ -45,13 +46,14 @@ async def serve(
     controllers: bool = True,
     admission: AdmissionPolicy | None = None,
     metrics_anonymous: bool = False,
+    etcd_access: EtcdAccess | None = None,
 ) -> None:
     from controlplane.store import open_store
 
     tokens = TokenTable.from_file(token_file) if token_file else None
     if tokens is None:
         log.warning("running WITHOUT authentication (--insecure-no-auth): anyone who reaches %s is admin", listen)
-    store = open_store(etcd, prefix=prefix)
+    store = open_store(etcd, prefix=prefix, access=etcd_access)
     connect = getattr(store, "connect", None)
     if connect is not None:
         await connect()  # StoreUnavailable (exit 1 with the reason) when no endpoint answers
@@ -92,6 +94,11 @@ async def serve(
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "CP"})
 @click.option("--etcd", envvar="CP_ETCD", default="http://127.0.0.1:2379", show_default=True,
               help="etcd endpoints, comma-separated (memory:// for a throwaway in-memory store)")
+@click.option("--etcd-cacert", metavar="FILE", help="CA certificate(s) (PEM) that signed etcd's server certificate")
+@click.option("--etcd-cert", metavar="FILE", help="client certificate (PEM) for etcd, with --etcd-key")
+@click.option("--etcd-key", metavar="FILE", help="private key (PEM) of --etcd-cert")
+@click.option("--etcd-user", metavar="USER", help="etcd user (etcd's own auth), with --etcd-password-file")
+@click.option("--etcd-password-file", metavar="FILE", help="file whose first line is --etcd-user's password")
 @click.option("--etcd-prefix", "prefix", default="/cp", show_default=True, help="key prefix of this cluster")
 @click.option("--listen", default="127.0.0.1:7070", show_default=True)
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False))
@@ -117,7 +124,7 @@ def main(
     etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
     insecure_no_auth: bool, machine_ttl: int, proxy_image: str, default_pids_limit: int, max_pids_limit: int,
     allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, metrics_anonymous: bool,
-    log_level: str,
+    log_level: str, **etcd_flags: str | None,
 ) -> None:
     """The controlplane API server (and, when elected, scheduler and controllers)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,16 +145,18 @@ def main(
         click.echo(f"cp-apiserver: --default-pids-limit/--max-pids-limit: {err}", err=True)
         sys.exit(2)
     try:
+        etcd_access = EtcdAccess.from_flags(**etcd_flags)  # --etcd-cacert ... --etcd-password-file
         asyncio.run(serve(
             etcd=etcd, prefix=prefix, listen=listen, token_file=token_file, insecure_no_auth=insecure_no_auth,
             machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
             controllers=not no_controllers, admission=admission, metrics_anonymous=metrics_anonymous,
+            etcd_access=etcd_access,
         ))
     except TokenFileError as err:  # a configuration error, like a bad flag
         click.echo(f"cp-apiserver: {err.message}", err=True)
         sys.exit(2)
-    except CPError as err:
-        click.echo(f"cp-apiserver: {err.message}", err=True)
+    except (CPError, StoreConfigError) as err:  # one line, never a traceback: etcd down, TLS, auth, files
+        click.echo(f"cp-apiserver: {' '.join(str(err).splitlines())}", err=True)
         sys.exit(1)
 
 

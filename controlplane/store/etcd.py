@@ -18,6 +18,9 @@ Watches resume from the last delivered revision + 1 after a stream error, on the
 endpoint if needed, so a failover neither loses nor repeats events; compaction past that
 revision raises ``Gone``. Every key lives under ``prefix`` ("/cp" + "units/web" ->
 "/cp/units/web"), so several clusters and test runs can share one etcd.
+
+A secured etcd (``https://`` endpoints, client certificates, etcd users) takes an ``EtcdAccess``
+(etcd_access.py); logging in again when a token expires is the pool's job.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from controlplane.errors import (
     NotFound,
 )
 from controlplane.store.base import KV, WatchEvent
+from controlplane.store.etcd_access import EtcdAccess
 from controlplane.store.etcd_failover import (
     EndpointPool,
     is_not_found,
@@ -48,8 +52,10 @@ from controlplane.store.etcd_failover import (
 class EtcdStore:
     """The Store protocol on an etcd v3 cluster (see the module docstring)."""
 
-    def __init__(self, endpoints: list[str], *, prefix: str = "/cp", timeout: float = 5.0) -> None:
-        self._pool = EndpointPool(endpoints, timeout=timeout)
+    def __init__(
+        self, endpoints: list[str], *, prefix: str = "/cp", timeout: float = 5.0, access: EtcdAccess | None = None
+    ) -> None:
+        self._pool = EndpointPool(endpoints, timeout=timeout, access=access)
         self.endpoints = self._pool.endpoints
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.timeout = timeout
@@ -63,9 +69,10 @@ class EtcdStore:
         *,
         prefix: str = "/cp",
         timeout: float = 5.0,  # noqa: ASYNC109 -- the per-request timeout the store keeps
+        access: EtcdAccess | None = None,
     ) -> EtcdStore:
         """Build a store and check that some endpoint answers (StoreUnavailable otherwise)."""
-        store = cls(endpoints, prefix=prefix, timeout=timeout)
+        store = cls(endpoints, prefix=prefix, timeout=timeout, access=access)
         await store.connect()
         return store
 

@@ -7,6 +7,14 @@ that it is a retry (``EtcdStore`` uses that to recognise its own earlier write);
 endpoint has been tried and ``timeout`` seconds have passed, it raises ``StoreUnavailable``.
 ``watch`` does the same for a stream: it resumes from the last delivered revision + 1 on the
 next endpoint, so a failover neither loses nor repeats events.
+
+Secured etcd (etcd_access, etcd_client): endpoints are all ``http://`` or all ``https://``; the
+clients are ``SecureClient``s with the pool's ``EtcdAccess``. When etcd says our auth token is
+stale, ``call`` and ``watch`` log in again and repeat the request (transparently, a few times at
+most). A TLS handshake failure still moves to the next endpoint, but once every endpoint has
+failed that way the pool gives up at once (no retry cures a wrong CA); a refusal (wrong password,
+permission denied) is ``EtcdAccessDenied`` right away. Every message names the endpoint and what
+to check, on one line, and never holds the password.
 """
 
 from __future__ import annotations
@@ -22,6 +30,16 @@ import aetcd
 import grpc
 
 from controlplane.errors import Gone, RequestEntityTooLarge, StoreUnavailable
+from controlplane.store.etcd_access import (
+    EtcdAccess,
+    StoreConfigError,
+    endpoint_scheme,
+    explain_refusal,
+    explain_transport,
+    is_misconfigured,
+    needs_new_token,
+)
+from controlplane.store.etcd_client import SecureClient
 
 log = logging.getLogger("controlplane.store.etcd")  # the store's logger: one name for its messages
 
@@ -44,18 +62,28 @@ _CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.max_reconnect_backoff_ms": 1_000,
 }
 
+_MAX_TOKEN_RENEWALS = 3  # per request: a fresh token that is refused again is not a stale token
+
+
+class EtcdAccessDenied(StoreUnavailable):
+    """etcd refused us (wrong password, no permission on the prefix): 503, and cp-apiserver stops."""
+
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``http://host:port``, ``host:port`` or ``host`` -> (host, port); port defaults to 2379."""
+    """``http(s)://host:port``, ``host:port`` or ``host`` -> (host, port); port defaults to 2379."""
     endpoint = endpoint.strip()
     if "//" not in endpoint:
         endpoint = "http://" + endpoint
     parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", ""):
-        raise ValueError(f"unsupported etcd endpoint scheme {parts.scheme!r} in {endpoint!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in etcd endpoint {endpoint!r}")
-    return parts.hostname, parts.port or 2379
+    if parts.scheme not in ("http", "https"):
+        raise StoreConfigError(f"unsupported etcd endpoint scheme {parts.scheme!r} in {endpoint!r}")
+    try:
+        host, port = parts.hostname, parts.port or 2379
+    except ValueError:
+        raise StoreConfigError(f"bad port in etcd endpoint {endpoint!r}") from None
+    if not host:
+        raise StoreConfigError(f"no host in etcd endpoint {endpoint!r}")
+    return host, port
 
 
 def rpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
@@ -100,66 +128,118 @@ def describe(exc: BaseException) -> str:
     err = rpc_error(exc)
     if err is not None:
         return f"{err.code().name}: {err.details()}"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
     return f"{type(exc).__name__}: {exc}"
 
 
-class EndpointPool:
-    """One aetcd client per endpoint (made on first use), the one in use, and moving on from it."""
+def _details(exc: BaseException) -> tuple[str, str]:
+    """(gRPC status code name or "", the error's text) of an aetcd/gRPC error."""
+    err = rpc_error(exc)
+    if err is not None:
+        return err.code().name, err.details() or ""
+    return "", str(exc)
 
-    def __init__(self, endpoints: list[str], *, timeout: float) -> None:
+
+def is_stale_token(exc: BaseException) -> bool:
+    return needs_new_token(_details(exc)[1])
+
+
+class EndpointPool:
+    """One client per endpoint (made on first use), the one in use, and moving on from it."""
+
+    def __init__(self, endpoints: list[str], *, timeout: float, access: EtcdAccess | None = None) -> None:
         if not endpoints:
-            raise ValueError("at least one etcd endpoint is needed")
+            raise StoreConfigError("at least one etcd endpoint is needed")
+        self.access = access or EtcdAccess()
+        self.scheme = endpoint_scheme(endpoints, self.access)
         self.endpoints = [parse_endpoint(e) for e in endpoints]
+        if self.access.user is not None and self.scheme == "http":
+            log.warning("etcd user auth over plain http:// sends the password unencrypted; use https://")
         self.timeout = timeout
         self.current = 0
         self.closed = False
-        self._clients: list[aetcd.Client | None] = [None] * len(self.endpoints)
+        self._clients: list[SecureClient | None] = [None] * len(self.endpoints)
 
-    def client(self, index: int) -> aetcd.Client:
+    def client(self, index: int) -> SecureClient:
         client = self._clients[index]
         if client is None:
             host, port = self.endpoints[index]
-            client = aetcd.Client(
-                host=host, port=port, timeout=self.timeout, options=dict(_CHANNEL_OPTIONS)
+            client = SecureClient(
+                host, port, access=self.access, tls=self.scheme == "https",
+                timeout=self.timeout, options=dict(_CHANNEL_OPTIONS),
             )
             self._clients[index] = client
         return client
 
-    def failed(self, index: int, exc: BaseException) -> None:
+    def endpoint_url(self, index: int) -> str:
+        host, port = self.endpoints[index]
+        return f"{self.scheme}://{host}:{port}"
+
+    def failure(self, exc: BaseException) -> tuple[str, bool]:
+        """(what went wrong in an operator's words, whether no retry can cure it) for a transport error."""
+        code, details = _details(exc)
+        reason = explain_transport(details, scheme=self.scheme, access=self.access) or describe(exc)
+        return reason, is_misconfigured(details)
+
+    def raise_answer(self, index: int, exc: Exception) -> None:
+        """Raise ``exc`` (in our words where we have them) unless it means "this endpoint does not
+        answer: try the next one"."""
+        if is_too_large(exc):
+            raise RequestEntityTooLarge(f"etcd refused the write: {describe(exc)}") from exc
+        if is_retryable(exc):
+            return
+        code, details = _details(exc)
+        refusal = explain_refusal(code, details, access=self.access)
+        if refusal is not None:
+            raise EtcdAccessDenied(f"etcd at {self.endpoint_url(index)}: {refusal}") from exc
+        raise exc
+
+    def failed(self, index: int, reason: str) -> None:
         """Move on from endpoint ``index`` (unless another task already did)."""
         if index == self.current and len(self.endpoints) > 1:
             self.current = (index + 1) % len(self.endpoints)
-            host, port = self.endpoints[index]
-            new_host, new_port = self.endpoints[self.current]
-            log.warning(
-                "etcd endpoint %s:%d failed (%s); switching to %s:%d",
-                host, port, describe(exc), new_host, new_port,
-            )
+            log.warning("etcd at %s failed (%s); switching to %s",
+                        self.endpoint_url(index), reason, self.endpoint_url(self.current))
+
+    def unavailable(self, failures: dict[int, tuple[str, bool]], *, what: str = "") -> StoreUnavailable:
+        """One line naming each endpoint tried and what went wrong there."""
+        text = "; ".join(f"etcd at {self.endpoint_url(i)}: {reason}" for i, (reason, _) in sorted(failures.items()))
+        return StoreUnavailable(f"{what}{text}")
 
     async def call(self, op: Callable[[aetcd.Client, bool], Awaitable[T]]) -> T:
-        """Run ``op(client, retrying)``, failing over between endpoints on connection errors."""
+        """Run ``op(client, retrying)``, failing over between endpoints on connection errors and
+        logging in again when etcd says our token is stale (see the module docstring)."""
         if self.closed:
             raise StoreUnavailable("the etcd store is closed")
         deadline = time.monotonic() + self.timeout
         retrying = False
-        tried: set[int] = set()
+        failures: dict[int, tuple[str, bool]] = {}
         delay = 0.05
+        renewals = 0
+        renew_from: int | None = None
         while True:
             index = self.current
+            client = self.client(index)
+            seen = client.auth_generation
             try:
-                return await op(self.client(index), retrying)
+                if renew_from is not None:
+                    await client.reauthenticate(renew_from)
+                    renew_from = None
+                return await op(client, retrying)
             except Exception as exc:
-                if is_too_large(exc):
-                    raise RequestEntityTooLarge(f"etcd refused the write: {describe(exc)}") from exc
-                if not is_retryable(exc):
-                    raise
-                tried.add(index)
-                self.failed(index, exc)
-                if len(tried) >= len(self.endpoints) and time.monotonic() >= deadline:
-                    raise StoreUnavailable(f"etcd unavailable at {self.describe_endpoints()}: "
-                                           f"{describe(exc)}") from exc
+                if is_stale_token(exc) and renewals < _MAX_TOKEN_RENEWALS:
+                    renewals += 1
+                    renew_from = seen
+                    continue
+                self.raise_answer(index, exc)
+                failures[index] = self.failure(exc)
+                self.failed(index, failures[index][0])
+                every_one = len(failures) >= len(self.endpoints)
+                if every_one and (time.monotonic() >= deadline or all(m for _, m in failures.values())):
+                    raise self.unavailable(failures) from exc
                 retrying = True
-                if len(tried) >= len(self.endpoints):
+                if every_one:
                     # Every endpoint failed once: wait a little (leader election, restarts).
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
@@ -170,19 +250,23 @@ class EndpointPool:
         neither loses nor repeats events; compaction past that revision raises ``Gone``."""
         next_revision = first_revision
         failing_since: float | None = None
-        tried: set[int] = set()
+        failures: dict[int, tuple[str, bool]] = {}
+        renewals = 0
+        renew_from: int | None = None
         while True:
             if self.closed:
                 raise StoreUnavailable("the etcd store is closed")
             index = self.current
             client = self.client(index)
+            seen = client.auth_generation
             handle: Any = None
             try:
-                handle = await client.watch(
-                    start, range_end=end, start_revision=next_revision, prev_kv=True
-                )
-                failing_since = None
-                tried.clear()
+                if renew_from is not None:
+                    await client.reauthenticate(renew_from)
+                    renew_from = None
+                handle = await client.watch(start, range_end=end, start_revision=next_revision, prev_kv=True)
+                failing_since, renewals = None, 0
+                failures.clear()
                 async for event in handle:
                     next_revision = event.kv.mod_revision + 1
                     yield event
@@ -193,19 +277,22 @@ class EndpointPool:
                     f"revision {next_revision} has been compacted (compacted up to {exc.compacted_revision})"
                 ) from exc
             except Exception as exc:
-                if not is_retryable(exc):
-                    raise
+                if is_stale_token(exc) and renewals < _MAX_TOKEN_RENEWALS:
+                    renewals += 1
+                    renew_from = seen
+                    continue
+                self.raise_answer(index, exc)
                 now = time.monotonic()
                 failing_since = failing_since or now
-                tried.add(index)
-                self.failed(index, exc)
-                if len(tried) >= len(self.endpoints) and now - failing_since >= self.timeout:
-                    raise StoreUnavailable(
-                        f"etcd watch unavailable at {self.describe_endpoints()}: {describe(exc)}"
-                    ) from exc
+                failures[index] = self.failure(exc)
+                self.failed(index, failures[index][0])
+                if len(failures) >= len(self.endpoints) and (
+                    now - failing_since >= self.timeout or all(m for _, m in failures.values())
+                ):
+                    raise self.unavailable(failures, what=f"watch on {what!r}: ") from exc
                 log.info("etcd watch on %r interrupted (%s); resuming from revision %d",
-                         what, describe(exc), next_revision)
-                if len(tried) >= len(self.endpoints):
+                         what, failures[index][0], next_revision)
+                if len(failures) >= len(self.endpoints):
                     await asyncio.sleep(0.1)
             finally:
                 if handle is not None:
@@ -213,9 +300,6 @@ class EndpointPool:
                         await handle.cancel()
                     except Exception:  # the stream may already be gone
                         log.debug("cancelling an etcd watch failed", exc_info=True)
-
-    def describe_endpoints(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
 
     async def close(self) -> None:
         self.closed = True

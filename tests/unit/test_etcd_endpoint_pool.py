@@ -17,12 +17,13 @@ from controlplane.store.etcd_failover import EndpointPool, is_retryable, parse_e
     ("http://10.0.0.1:2379", ("10.0.0.1", 2379)),
     (" 10.0.0.2:32379 ", ("10.0.0.2", 32379)),
     ("etcd-a", ("etcd-a", 2379)),
+    ("https://10.0.0.3:2379", ("10.0.0.3", 2379)),
 ])
 def test_parse_endpoint(text: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(text) == expected
 
 
-@pytest.mark.parametrize("text", ["https://a:2379", "http://:2379"])
+@pytest.mark.parametrize("text", ["grpc://a:2379", "http://:2379", "http://a:port"])
 def test_parse_endpoint_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(text)
@@ -71,7 +72,7 @@ async def test_call_gives_up_after_the_timeout_when_every_endpoint_fails() -> No
 
     started = time.monotonic()
     try:
-        with pytest.raises(StoreUnavailable, match="127.0.0.1:1,127.0.0.1:2"):
+        with pytest.raises(StoreUnavailable, match="etcd at http://127.0.0.1:1: .*; etcd at http://127.0.0.1:2: "):
             await pool.call(op)
     finally:
         await pool.close()

@@ -1,0 +1,175 @@
+"""aetcd's Client with what aetcd 1.0 lacks: TLS channels, and an etcd auth token that is renewed.
+
+aetcd 1.0 (the newest release) opens only insecure gRPC channels and logs in once, at connect;
+its token is then used forever. etcd's simple tokens expire after ``--auth-token-ttl`` seconds
+without use (300 by default), after which every request fails with "invalid auth token".
+``SecureClient`` opens a TLS channel when asked (CA, client certificate and key from an
+``EtcdAccess``), logs in with the user's password itself, and ``reauthenticate`` fetches a new
+token on the same channel; ``EndpointPool`` calls it when etcd says the token is stale and then
+repeats the request.
+
+Watches need care: a watch stream carries the token it was opened with, and etcd checks it on
+every watch created on the stream. After a new token, new watches go to a new stream (existing
+ones keep running on theirs). aetcd also takes a watch that etcd creates and cancels at once
+(an expired token, no permission) for a live one that never delivers; ``_Watcher`` turns that
+into an error, ``WatchRefused``, carrying etcd's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aetcd
+import grpc
+from aetcd import rpc, rtypes
+from aetcd import watcher as aetcd_watcher
+
+from controlplane.store.etcd_access import EtcdAccess
+
+log = logging.getLogger("controlplane.store.etcd")
+
+
+class WatchRefused(aetcd.ClientError):
+    """etcd created a watch and cancelled it at once; the message is etcd's cancel reason."""
+
+
+class _Watcher(aetcd_watcher.Watcher):
+    """aetcd's Watcher whose refused watches fail (WatchRefused) instead of waiting forever."""
+
+    async def _handle_response(self, response: Any) -> None:
+        if response.created and response.canceled and not response.compact_revision:
+            async with self._lock:
+                if self._new_callback is not None:
+                    self._new_callback.error = WatchRefused(response.cancel_reason or "watch cancelled by etcd")
+                    self._new_callback_ready.notify_all()
+            return
+        await super()._handle_response(response)
+
+    def idle(self) -> bool:
+        return not self._callbacks and self._new_callback is None
+
+
+class SecureClient(aetcd.Client):
+    """One etcd endpoint over plain or TLS gRPC, logged in as ``access.user`` when one is given."""
+
+    def __init__(
+        self, host: str, port: int, *, access: EtcdAccess, tls: bool, timeout: float, options: dict[str, Any]
+    ) -> None:
+        super().__init__(host=host, port=port, timeout=timeout, options=options)
+        self._access = access
+        self._tls = tls
+        self._auth_lock = asyncio.Lock()
+        self._retired: list[_Watcher] = []
+        self._is_connecting: bool = False  # aetcd's flag, typed here for mypy
+        self.auth_generation = 0  # how many tokens this client has had; see reauthenticate
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        target = f"{self._host}:{self._port}"
+        options = list(self._options.items())
+        if not self._tls:
+            return grpc.aio.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._access.ca_cert,
+            private_key=self._access.client_key,
+            certificate_chain=self._access.client_cert,
+        )
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+    async def connect(self) -> None:
+        """aetcd's connect on our channel and with our login (same waiting for a concurrent connect)."""
+        if self._connected.is_set():
+            return
+        if self._is_connecting:
+            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            return
+        self._is_connecting = True
+        try:
+            self.channel = self._open_channel()
+            if self._access.user is not None:
+                await self._authenticate()
+            self.kvstub = rpc.KVStub(self.channel)
+            self.clusterstub = rpc.ClusterStub(self.channel)
+            self.leasestub = rpc.LeaseStub(self.channel)
+            self.maintenancestub = rpc.MaintenanceStub(self.channel)
+            self._watcher = self._new_watcher()
+            self._connected.set()
+        except BaseException:
+            channel = self.channel
+            self._init_channel_attrs()
+            if channel is not None:
+                await channel.close()
+            raise
+        finally:
+            self._is_connecting = False
+
+    async def _authenticate(self) -> None:
+        request = rpc.AuthenticateRequest(name=self._access.user, password=self._access.password)
+        reply = await rpc.AuthStub(self.channel).Authenticate(request, timeout=self._timeout)
+        self.metadata = (("token", reply.token),)
+        self.auth_generation += 1
+
+    def _new_watcher(self) -> _Watcher:
+        return _Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+
+    async def reauthenticate(self, seen_generation: int) -> None:
+        """Log in again for a fresh token, unless one newer than ``seen_generation`` came meanwhile.
+
+        Many requests fail together when a token expires; the first one to get here logs in, the
+        others find a newer generation and simply retry. New watches go to a stream with the new
+        token; the old stream keeps its running watches and is shut down once it has none.
+        """
+        async with self._auth_lock:
+            if self._access.user is None or self.channel is None or self.auth_generation > seen_generation:
+                return
+            await self._authenticate()
+            log.info("etcd at %s:%d: auth token was stale; logged in again as %r", self._host, self._port,
+                     self._access.user)
+            old, self._watcher = self._watcher, self._new_watcher()
+            if old is not None:
+                self._retired.append(old)
+            idle = [w for w in self._retired if w.idle()]
+            self._retired = [w for w in self._retired if not w.idle()]
+            for watcher in idle:
+                await watcher.shutdown()
+
+    async def close(self) -> None:
+        retired, self._retired = self._retired, []
+        for watcher in retired:
+            await watcher.shutdown()
+        await super().close()
+
+    async def watch(
+        self, key: bytes, *, range_end: bytes | None = None, start_revision: int | None = None, prev_kv: bool = False
+    ) -> rtypes.Watch:
+        """aetcd's watch, except that cancelling goes to the stream the watch lives on: ``_watcher``
+        may have been replaced by a new-token stream meanwhile, whose watch ids are its own."""
+        await self.connect()
+        watcher = self._watcher
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def deliver(event: Any) -> None:
+            await events.put(event)
+
+        callback = await watcher.add_callback(key, deliver, range_end=range_end, start_revision=start_revision,
+                                              prev_kv=prev_kv)
+        canceled = asyncio.Event()
+
+        async def cancel() -> None:
+            canceled.set()
+            await events.put(None)
+            await watcher.cancel(callback.watch_id)
+
+        async def iterator() -> Any:
+            while not canceled.is_set():
+                event = await events.get()
+                if event is None:
+                    canceled.set()
+                elif isinstance(event, Exception):
+                    canceled.set()
+                    raise event
+                else:
+                    yield event
+
+        return rtypes.Watch(iterator, cancel, callback.watch_id)
