@@ -325,6 +325,10 @@ def initial_instance_status() -> InstanceStatus:
             "machine": "", "epoch": 0, "reasons": {}}
 
 
+# ``<unit>-<index>`` must stay a DNS label (63): a unit's name leaves room for "-" and 6 digits
+UNIT_NAME_MAX = 56
+
+
 def instance_name(unit: str, index: int) -> str:
     """``<unit>-<index>``: fleet's ``web@1`` as a DNS label."""
     return f"{unit}-{index}"

@@ -26,6 +26,7 @@ from controlplane.model import (
     PROTOCOLS,
     RESTART_POLICIES,
     SPREADS,
+    UNIT_NAME_MAX,
 )
 from controlplane.scheduler.rules import placement_causes
 from controlplane.schema_errors import invalid_from
@@ -146,8 +147,9 @@ class UnitStatusSchema(Strict):
 
 
 class CapacitySchema(Strict):
-    cpu = fields.Float(validate=validate.Range(min=0), load_default=0.0)
-    memoryMB = fields.Integer(strict=True, validate=validate.Range(min=0), load_default=0)
+    # reported by nodes, so bounded: 4096 CPUs, 64 TiB
+    cpu = fields.Float(validate=validate.Range(min=0, max=4096), load_default=0.0)
+    memoryMB = fields.Integer(strict=True, validate=validate.Range(min=0, max=64 * 1024 * 1024), load_default=0)
 
 
 class MachineSpecSchema(Strict):
@@ -160,7 +162,7 @@ class MachineStatusSchema(Strict):
     capacity = fields.Nested(CapacitySchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
     allocated = fields.Nested(CapacitySchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
     lastHeartbeatTime = fields.String(load_default="")
-    agentVersion = fields.String(load_default="")
+    agentVersion = fields.String(validate=validate.Length(max=128), load_default="")
     agentPort = fields.Integer(strict=True, validate=validate.Range(min=0, max=65535), load_default=0)  # 0: none
 
     @validates_schema
@@ -173,13 +175,6 @@ class MachineStatusSchema(Strict):
         problem = address_problem(data["address"]) if data.get("address") else None
         if problem:
             errors["address"] = [problem]
-        capacity = data.get("capacity") or {}
-        too_big = {"cpu": (capacity.get("cpu", 0) > 4096, "must be at most 4096"),
-                   "memoryMB": (capacity.get("memoryMB", 0) > 64 * 1024 * 1024, "must be at most 67108864 (64 TiB)")}
-        if any(bad for bad, _ in too_big.values()):
-            errors["capacity"] = {field: [message] for field, (bad, message) in too_big.items() if bad}
-        if len(data.get("agentVersion") or "") > 128:
-            errors["agentVersion"] = ["must be at most 128 characters"]
         if errors:
             raise ValidationError(errors)
 
@@ -327,6 +322,10 @@ def load_object(kind: str, body: Any) -> dict[str, Any]:
         obj: dict[str, Any] = instance(SCHEMAS[kind]).load(body)
     except ValidationError as err:
         raise invalid_from(kind, name, err) from err
+    if kind == "Unit" and len(name) > UNIT_NAME_MAX:
+        message = f"a unit's name is at most {UNIT_NAME_MAX} characters, so that its instances' names fit"
+        raise Invalid(f'Unit "{name}" is invalid: metadata.name: {message}', kind=kind, name=name,
+                      causes=[Cause("metadata.name", message, "FieldValueTooLong")])
     _fix_global(obj)
     if isinstance(obj.get("spec"), dict) and isinstance(obj["spec"].get("template"), dict):
         _fix_global({"spec": obj["spec"]["template"]})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -83,15 +84,26 @@ def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
 
+def wants_watch(request: web.Request) -> bool:
+    return _truthy(_query(request, "watch"))
+
+
 async def list_objects(request: web.Request) -> web.StreamResponse:
     resource, kind = resource_of(request)
-    verb = "watch" if _truthy(_query(request, "watch")) else "list"
+    verb = "watch" if wants_watch(request) else "list"
     authorize(user_of(request), verb, resource)
+    return await list_or_watch(request, resource, kind, watch=verb == "watch")
+
+
+async def list_or_watch(request: web.Request, resource: str, kind: str, *, watch: bool,
+                        present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> web.StreamResponse:
+    """The list (or watch) of ``resource`` after authorization, with the query checked as the spec
+    says; ``present`` is what the caller may see of each object (a Secret redacted)."""
     for name in LIST_QUERY:
         _query(request, name)  # none of them twice
     label_selector, field_selector = _selector_param(request, "labelSelector"), _selector_param(request, "fieldSelector")
-    if verb == "watch":
-        return await serve_watch(request, resource)
+    if watch:
+        return await serve_watch(request, resource, present=present)
     items, revision, token = request.app[REGISTRY].list(
         resource,
         label_selector=label_selector,
@@ -102,6 +114,8 @@ async def list_objects(request: web.Request) -> web.StreamResponse:
     metadata: dict[str, Any] = {"resourceVersion": str(revision)}
     if token:
         metadata["continue"] = token
+    if present is not None:
+        items = [present(item) for item in items]
     return json_response({"kind": f"{kind}List", "apiVersion": API_VERSION, "metadata": metadata, "items": items})
 
 

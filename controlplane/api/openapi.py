@@ -15,7 +15,14 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
 from controlplane.api.objects import FIELD_SELECTOR_PATTERN, LABEL_SELECTOR_PATTERN
-from controlplane.model import HAS_STATUS, MAX_OBJECT_BYTES, MAX_SAFE_INTEGER, RESOURCES, SECRET_MAX_BYTES
+from controlplane.model import (
+    HAS_STATUS,
+    MAX_OBJECT_BYTES,
+    MAX_SAFE_INTEGER,
+    RESOURCES,
+    SECRET_MAX_BYTES,
+    UNIT_NAME_MAX,
+)
 from controlplane.schema_errors import StatusSchema
 from controlplane.schemas import SCHEMAS, ScaleSchema
 from controlplane.secretref import SECRET_KEY
@@ -88,6 +95,12 @@ WATCH_NOTE = (
 )
 
 
+# a node-reported address: an IP literal (no name, port, zone id) or "" until known; the server also
+# refuses the unspecified, multicast, broadcast and link-local addresses (said in words, see ADDRESS_NOTE)
+ADDRESS = {"anyOf": [{"type": "string", "maxLength": 0}, {"type": "string", "format": "ipv4"},
+                     {"type": "string", "format": "ipv6"}],
+           "description": "an IP literal, or empty until known; not unspecified, multicast, broadcast or "
+                          "link-local"}
 SECRET_REF_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]{1,253}$"
 # who sees what, for resources whose reads depend on the reader
 READ_NOTES = {
@@ -196,7 +209,7 @@ def _subresource_paths(spec: APISpec) -> None:
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
                      "type": "object", "additionalProperties": False,
                      "properties": {
-                         "address": {"type": "string"}, "agentVersion": {"type": "string"},
+                         "address": ADDRESS, "agentVersion": {"type": "string", "maxLength": 128},
                          "agentPort": {"type": "integer", "minimum": 0, "maximum": 65535},
                          "capacity": {"$ref": "#/components/schemas/Capacity"},
                          "labels": {"type": "object",
@@ -280,6 +293,16 @@ def _key_rules(schemas: dict[str, Any]) -> None:
     schemas["ObjectMeta"]["properties"]["labels"].update(additionalProperties=label_value, propertyNames=label_key)
     schemas["UnitSpec"]["properties"]["env"]["propertyNames"] = {"pattern": ENV_NAME.pattern}
     schemas["Placement"]["properties"]["machineMetadata"]["propertyNames"] = dict(label_key)
+    for unit in ("Unit", "UnitStatusWrite"):
+        if "metadata" in schemas.get(unit, {}).get("properties", {}):
+            schemas[unit]["properties"]["metadata"] = {"allOf": [
+                schemas[unit]["properties"]["metadata"],
+                {"properties": {"name": {"maxLength": UNIT_NAME_MAX}},
+                 "description": f"a unit's name is at most {UNIT_NAME_MAX} characters, so `<unit>-<index>` fits"}]}
+    for status in ("MachineStatus", "InstanceStatus", "MachineStatusWrite", "InstanceStatusWrite"):
+        properties = schemas.get(status, {}).get("properties", {})
+        if "address" in properties:
+            properties["address"] = copy.deepcopy(ADDRESS)
     schemas["UnitSpec"]["properties"]["secretEnv"].update(
         propertyNames={"pattern": ENV_NAME.pattern},
         additionalProperties={"type": "string", "pattern": SECRET_REF_PATTERN,

@@ -16,15 +16,14 @@ These routes are added before the generic ``/api/v1/{resource}`` ones, so they w
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from aiohttp import web
 
 from controlplane.api.auth import User, authorize
 from controlplane.api.http import json_response
+from controlplane.api.objects import list_or_watch, wants_watch
 from controlplane.api.state import REGISTRY, user_of
-from controlplane.api.watch import serve_watch
-from controlplane.errors import BadRequest, Forbidden
+from controlplane.errors import Forbidden
 from controlplane.registry import Registry
 from controlplane.secretref import redacted, secrets_used_on
 
@@ -54,36 +53,14 @@ def _refuse_value_selectors(text: str | None) -> None:
                             "by a reader who cannot see the values")
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "")
-    if not raw:
-        return 0
-    if not raw.isdigit():
-        raise BadRequest(f"limit must be a non-negative integer, got {raw!r}")
-    return int(raw)
-
-
 async def list_secrets(request: web.Request) -> web.StreamResponse:
     user = user_of(request)
-    watch = (request.query.get("watch") or "").lower() in ("1", "true", "yes")
+    watch = wants_watch(request)
     authorize(user, "watch" if watch else "list", RESOURCE)
     present = None if sees_values(user) else redacted
     if present is not None:
         _refuse_value_selectors(request.query.get("fieldSelector"))
-    if watch:
-        return await serve_watch(request, RESOURCE, present=present)
-    items, revision, token = request.app[REGISTRY].list(
-        RESOURCE,
-        label_selector=request.query.get("labelSelector"),
-        field_selector=request.query.get("fieldSelector"),
-        limit=_limit(request),
-        continue_token=request.query.get("continue") or None,
-    )
-    metadata: dict[str, Any] = {"resourceVersion": str(revision)}
-    if token:
-        metadata["continue"] = token
-    return json_response({"kind": "SecretList", "apiVersion": "v1", "metadata": metadata,
-                          "items": [present(item) for item in items] if present else items})
+    return await list_or_watch(request, RESOURCE, "Secret", watch=watch, present=present)
 
 
 async def get_secret(request: web.Request) -> web.Response:

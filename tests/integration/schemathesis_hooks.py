@@ -22,6 +22,15 @@ RULES_BEYOND_JSON_SCHEMA: list[tuple[str | None, int, str]] = [
     (None, 422, "is used twice"),  # two ports of a unit on one non-zero hostPort and protocol
     (None, 422, "is matched by this unit's own conflicts"),  # placement.machineOf against conflicts globs
     ("GET", 400, "invalid continue token"),  # a token the server issued, not any string
+    # node-reported addresses: IP literals the spec states by format, minus the ones no node may claim
+    (None, 422, "must not be the unspecified address"),
+    (None, 422, "must not be a multicast address"),
+    (None, 422, "must not be a link-local address"),
+    (None, 422, "must not be the broadcast address"),
+    # admission bounds set by the server's flags (README "Container defaults"), not by the document
+    (None, 422, "--allowed-capabilities"),
+    (None, 422, "--max-pids-limit"),
+    (None, 422, "--allow-privilege-escalation"),
 ]
 # a merge patch is valid only if the object it produces is: that depends on the stored object
 STATE_DEPENDENT = {("PATCH", 400), ("PATCH", 422)}

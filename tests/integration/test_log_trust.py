@@ -350,9 +350,11 @@ async def test_node_instance_address_is_its_machines(api: ApiServer) -> None:
     await bound_instance(api, "addr-0", "m3")
     for address, expected in (("10.9.9.9", 422), ("127.0.1.4", 422), ("127.0.1.3", 200), ("", 200)):
         status, body = await call(api, "PUT", "/api/v1/instances/addr-0/status",
-                                  {"status": {"phase": "Running", "address": address}}, token="node-m3-token")
+                                  {"metadata": {"name": "addr-0"}, "status": {"phase": "Running", "address": address}},
+                                  token="node-m3-token")
         assert status == expected, (address, body)
-    status, _ = await call(api, "PUT", "/api/v1/instances/addr-0/status", {"status": {"address": "10.9.9.9"}})
+    status, _ = await call(api, "PUT", "/api/v1/instances/addr-0/status",
+                           {"metadata": {"name": "addr-0"}, "status": {"address": "10.9.9.9"}})
     assert status == 200  # an admin may
 
 
