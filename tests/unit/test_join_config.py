@@ -1,9 +1,10 @@
-"""cpctl machine join-config's rendering (controlplane/joinconfig.py), without a server.
+"""cpctl machine join-config's rendering (controlplane/joinconfig.py), without a real server.
 
 The rendered cloud-config leaves no placeholder, writes the token 0600, pins every wheel by
 sha256 twice (the download manifest and pip's hash-checking requirements), carries the agent's
 unit verbatim, and its shell script and downloader are valid; the downloader really refuses a
-file whose sha256 differs from the pinned one.
+file whose sha256 differs from the pinned one. Against a fake server (in a thread), the command
+asks for a JOIN token shaped as the token API says (role node, join, 24 h), or says to pass --node-token without one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from controlplane.cli.main import main as cpctl_main
 from controlplane.joinconfig import (
     PLACEHOLDER,
     JoinConfigError,
@@ -197,3 +201,76 @@ def test_the_downloader_checks_each_sha256(dist_server: tuple[str, Path], tmp_pa
     done = run_fetch(text, tmp_path, server)
     assert done.returncode != 0 and "sha256 mismatch" in done.stderr
     assert not (tmp_path / "wheels" / "click-8.1.0-py3-none-any.whl").exists()
+
+
+class FakeCluster(http.server.BaseHTTPRequestHandler):
+    """/dist/ and POST /api/v1/tokens as TOKEN_API.md shapes them; ``tokens_status`` 404 is a server
+    without the token API."""
+
+    tokens_status = 201
+    created: list[dict[str, Any]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def reply(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/dist/":
+            self.reply(200, INDEX)
+        else:
+            self.reply(404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": "no"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/api/v1/tokens" or self.tokens_status == 404:
+            self.reply(404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": "not found"})
+            return
+        type(self).created.append({"auth": self.headers["Authorization"], "body": body})
+        self.reply(201, {**body, "metadata": {"name": "tok-0a1b2c3d"}, "value": "tok-0a1b2c3d.joinsecret"})
+
+
+@pytest.fixture
+def fake_cluster() -> Iterator[str]:
+    FakeCluster.created = []
+    FakeCluster.tokens_status = 201
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeCluster)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def test_join_config_creates_a_join_token_through_the_api(fake_cluster: str, tmp_path: Path) -> None:
+    env = {"CPCTL_SERVER": fake_cluster, "CPCTL_TOKEN": "admin-token", "HOME": str(tmp_path)}
+    result = CliRunner().invoke(cpctl_main, ["machine", "join-config", "m9", "--metadata", "role=web"], env=env)
+    assert result.exit_code == 0, result.output
+    assert FakeCluster.created == [{"auth": "Bearer admin-token", "body": {
+        "apiVersion": "v1", "kind": "Token", "metadata": {},
+        "spec": {"role": "node", "machine": "m9", "ttlSeconds": 86400, "join": True,
+                 "description": "join-config for machine m9"}}}]
+    files = files_of(result.output)
+    assert files["/etc/controlplane/node-token"]["content"] == "tok-0a1b2c3d.joinsecret\n"
+    assert f"CP_SERVER={fake_cluster}\n" in files["/etc/controlplane/agent.env"]["content"]
+
+
+def test_join_config_without_a_token_api_says_what_to_do(fake_cluster: str, tmp_path: Path) -> None:
+    FakeCluster.tokens_status = 404
+    env = {"CPCTL_SERVER": fake_cluster, "CPCTL_TOKEN": "admin-token", "HOME": str(tmp_path)}
+    result = CliRunner().invoke(cpctl_main, ["machine", "join-config", "m9"], env=env)
+    assert result.exit_code == 1 and "--node-token" in result.output
+    given = CliRunner().invoke(cpctl_main, ["machine", "join-config", "m9", "--node-token", "node-m9-token",
+                                            "--server", "https://a:7070,https://b:7070"], env=env)
+    assert given.exit_code == 0, given.output
+    files = files_of(given.output)
+    assert files["/etc/controlplane/node-token"]["content"] == "node-m9-token\n"
+    assert "CP_SERVER=https://a:7070,https://b:7070\n" in files["/etc/controlplane/agent.env"]["content"]
+    bad = CliRunner().invoke(cpctl_main, ["machine", "join-config", "m9", "--address", "web.example"], env=env)
+    assert bad.exit_code == 2 and "IP address" in bad.output
