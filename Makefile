@@ -4,16 +4,19 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := etcd-server etcd-client docker.io nginx openssh-server busybox-static iproute2 curl
+APT_PACKAGES := etcd-server etcd-client docker.io nginx openssh-server busybox-static iproute2 curl mmdebstrap
 STAMP := $(VENV)/.installed
+# what cp-apiserver serves at /dist/ (its default --wheelhouse): wheels and the proxy image tarball
+WHEELHOUSE := build/wheelhouse
+PROXY_IMAGE := local/nginx:latest
 
-.PHONY: deps system venv dockerd images test lint unit demo demo-down bench spec clean
+.PHONY: deps system venv dockerd images wheelhouse test lint unit demo demo-down bench spec clean
 
 deps: system venv dockerd
 
 system:
 	@missing=""; \
-	for pair in etcd:etcd-server etcdctl:etcd-client dockerd:docker.io nginx:nginx sshd:openssh-server busybox:busybox-static ip:iproute2 curl:curl; do \
+	for pair in etcd:etcd-server etcdctl:etcd-client dockerd:docker.io nginx:nginx sshd:openssh-server busybox:busybox-static ip:iproute2 curl:curl mmdebstrap:mmdebstrap; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  if ! command -v $$cmd >/dev/null 2>&1 && [ ! -x /usr/sbin/$$cmd ] && [ ! -x /usr/bin/$$cmd ] && [ ! -x /bin/$$cmd ]; then missing="$$missing $$pkg"; fi; \
 	done; \
@@ -42,13 +45,18 @@ dockerd:
 images: deps
 	@deploy/images/build-local
 
+# pip wheel . (runtime dependencies only) and docker save of the proxy image; tools/wheelhouse.py
+# rebuilds only when pyproject.toml, the package or the image changed
+wheelhouse: venv images
+	@$(BIN)/python tools/wheelhouse.py $(WHEELHOUSE) --image $(PROXY_IMAGE)
+
 lint: venv
 	$(BIN)/ruff check controlplane agent tests bench tools
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python tools/check_shape.py controlplane agent
 
-test: deps images lint
+test: deps images wheelhouse lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv
@@ -57,7 +65,7 @@ unit: venv
 spec: venv
 	$(BIN)/python -m controlplane.api.openapi > api-spec/openapi.yaml
 
-demo: deps images
+demo: deps images wheelhouse
 	$(BIN)/python -m controlplane.demo
 
 demo-down: venv

@@ -60,7 +60,8 @@ class Agent:
 
     def __init__(self, client: Client, runtime: Runtime, config: AgentConfig, *,
                  plugins: Sequence[AgentPlugin] = (), clock: Callable[[], float] = time.monotonic,
-                 scrubber: Scrubber | None = None) -> None:
+                 scrubber: Scrubber | None = None,
+                 image_source: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.client = client
         self.runtime = runtime
         self.config = config
@@ -70,7 +71,7 @@ class Agent:
         self.scrubber = scrubber or Scrubber()  # the Secret values read here; main.py filters logs with it
         self.executor = Executor(runtime, cluster=config.cluster, machine=config.machine, address=config.address,
                                  prober=self.prober, secret_source=ApiSecrets(client, self.scrubber),
-                                 scrubber=self.scrubber)
+                                 scrubber=self.scrubber, image_source=image_source)
         self.instances: dict[str, dict[str, Any]] = {}  # the mirror's: validated Instance objects
         self.reported: dict[str, InstanceStatus] = {}  # what the API holds, as far as we know
         self.containers: dict[str, str] = {}  # instance -> the container id last told to the plugins

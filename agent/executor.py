@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,8 +88,10 @@ class Executor:
         stop_timeout: float = 10.0,
         secret_source: SecretSource | None = None,
         scrubber: Scrubber | None = None,
+        image_source: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.runtime = runtime
+        self.image_source = image_source  # a missing image the cluster serves (agent/distimages.py)
         self.cluster = cluster
         self.machine = machine
         self.address = address
@@ -192,8 +194,9 @@ class Executor:
             return self._status(d, None, phase="Failed", reason=CONFIG_ERROR, message=str(err)), None
         try:
             if not await self.runtime.image_present(d.image):
-                log.info("pulling %s for %s", d.image, d.name)
-                await self.runtime.pull(d.image)
+                if self.image_source is None or not await self.image_source(d.image):
+                    log.info("pulling %s for %s", d.image, d.name)
+                    await self.runtime.pull(d.image)
             log.info("create %s: %s", d.name, action.reason)
             container = await self.runtime.create_and_start(self.container_spec(d, secret_env=secret_env))
         except (ImagePullError, ImageNotFound) as err:

@@ -14,11 +14,13 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 from aiohttp import web
 
 from agent.agent import Agent, AgentConfig
+from agent.distimages import ClusterImages, ImageEngine
 from agent.logserver import make_log_app
 from agent.proxy.manager import ProxyManager
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
@@ -77,7 +79,10 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
     client = Client(server, token=token, ca=ca, timeout=5.0)
     proxies = ProxyManager(client, runtime, cluster=config.cluster, machine=config.machine,
                            address=config.address, state_dir=Path(config.state_dir))
-    agent = Agent(client, runtime, config, plugins=[proxies], scrubber=scrubber)
+    # Docker engines load missing images the cluster serves at /dist/ (the proxy image: agent/distimages.py)
+    images = ClusterImages(client, cast(ImageEngine, runtime)) if hasattr(runtime, "load_image") else None
+    agent = Agent(client, runtime, config, plugins=[proxies], scrubber=scrubber,
+                  image_source=images.provide if images else None)
 
     def container_ids() -> dict[str, str]:
         return {name: status["containerID"] for name, status in agent.reported.items() if status.get("containerID")}

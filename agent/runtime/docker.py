@@ -312,6 +312,28 @@ class DockerRuntime:
         if not await self.image_present(image):
             raise ImagePullError(f"pulling image {image!r} failed: the engine does not have it afterwards")
 
+    async def load_image(self, path: str) -> None:
+        """``docker load`` of a ``docker save`` tarball (agent/distimages.py: images from the cluster)."""
+        try:
+            tarball = await asyncio.to_thread(open, path, "rb")  # aiohttp reads file bodies in a thread
+        except OSError as err:
+            raise ImagePullError(f"loading {path} failed: {err}") from err
+        try:
+            async with self.docker._query(
+                "images/load", "POST", params={"quiet": "1"}, data=tarball,
+                headers={"Content-Type": "application/x-tar"}, timeout=None,
+            ) as resp:
+                async for line in resp.content:
+                    message = json.loads(line) if line.strip().startswith(b"{") else {}
+                    if isinstance(message, dict) and message.get("error"):
+                        raise ImagePullError(f"loading {path} failed: {message['error']}")
+        except DockerError as err:
+            raise ImagePullError(f"loading {path} failed: {err.message}") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise ImagePullError(f"loading {path} failed: {err}") from err
+        finally:
+            tarball.close()
+
     async def events(self, *, cluster: str) -> AsyncIterator[ContainerEvent]:
         filters = {"type": ["container"], "label": [f"{LABEL_CLUSTER}={cluster}"]}
         try:

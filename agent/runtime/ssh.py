@@ -195,6 +195,9 @@ class SSHDockerRuntime:
     async def pull(self, image: str) -> None:
         await (await self._ready()).pull(image)
 
+    async def load_image(self, path: str) -> None:
+        await (await self._ready()).load_image(path)
+
     async def events(self, *, cluster: str) -> AsyncIterator[ContainerEvent]:
         docker = await self._ready()
         async for event in docker.events(cluster=cluster):

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane import __version__
-from controlplane.api import objects
+from controlplane.api import dist, objects
 from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, authorize
 from controlplane.api.http import MAX_BODY, error_response, json_response, too_large
 from controlplane.api.metrics import ApiMetrics
@@ -36,7 +36,8 @@ from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
 # no token needed; /readyz tells an anonymous caller only "ok" or "not ready", and /metrics is
-# public only with config["metrics_anonymous"] (cp-apiserver --metrics-anonymous)
+# public only with config["metrics_anonymous"] (cp-apiserver --metrics-anonymous); /dist/... too
+# (api/dist.py: the wheelhouse a joining machine installs from)
 PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/version"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,7 +96,8 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _is_public(request: web.Request) -> bool:
-    return request.path in PUBLIC_PATHS or (request.path == "/metrics" and bool(request.app[CONFIG].get("metrics_anonymous")))
+    return request.path in PUBLIC_PATHS or dist.is_dist_path(request.path) or (
+        request.path == "/metrics" and bool(request.app[CONFIG].get("metrics_anonymous")))
 
 
 @web.middleware
@@ -162,7 +164,8 @@ def make_app(
     extra_contexts: Sequence[Callable[[web.Application], AsyncIterator[None]]] = (),
 ) -> web.Application:
     """The API application over ``store``. ``tokens`` None means --insecure-no-auth;
-    ``config["metrics_anonymous"]`` serves /metrics without a token."""
+    ``config["metrics_anonymous"]`` serves /metrics without a token; ``config["wheelhouse"]`` is the
+    folder /dist/ serves (api/dist.py)."""
     app = web.Application(middlewares=[status_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[STORE] = store
     app[METRICS] = ApiMetrics()
@@ -188,6 +191,7 @@ def make_app(
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/version", version_handler)
     app.router.add_get("/openapi.json", openapi_handler)
+    dist.add_routes(app, app[CONFIG].get("wheelhouse"))
     from controlplane.api import machines, secrets
 
     machines.add_routes(app)

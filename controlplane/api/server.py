@@ -11,6 +11,7 @@ import logging
 import os
 import ssl
 import sys
+from pathlib import Path
 
 import click
 from aiohttp import web
@@ -23,6 +24,8 @@ from controlplane.model import DEFAULT_PIDS_LIMIT, DEFAULT_PROXY_IMAGE, MAX_PIDS
 from controlplane.store.etcd_access import EtcdAccess, StoreConfigError
 
 log = logging.getLogger("cp-apiserver")
+# `make wheelhouse` fills build/wheelhouse of the checkout this package runs from
+DEFAULT_WHEELHOUSE = str(Path(__file__).resolve().parents[2] / "build" / "wheelhouse")
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -47,6 +50,7 @@ async def serve(
     admission: AdmissionPolicy | None = None,
     metrics_anonymous: bool = False,
     etcd_access: EtcdAccess | None = None,
+    wheelhouse: str | None = None,
 ) -> None:
     from controlplane.store import open_store
 
@@ -59,7 +63,7 @@ async def serve(
         await connect()  # StoreUnavailable (exit 1 with the reason) when no endpoint answers
     config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen,
               POLICY_KEY: admission or AdmissionPolicy(proxy_image=proxy_image),
-              "metrics_anonymous": metrics_anonymous}
+              "metrics_anonymous": metrics_anonymous, "wheelhouse": wheelhouse}
     contexts = []
     if controllers:
         from controlplane.api.leadership import leadership_context
@@ -119,12 +123,15 @@ async def serve(
               help="capabilities units may name in spec.capAdd (default: none)")
 @click.option("--no-controllers", is_flag=True, help="serve the API only; never run the scheduler")
 @click.option("--metrics-anonymous", is_flag=True, help="serve /metrics without a token (else admin or viewer)")
+@click.option("--wheelhouse", type=click.Path(file_okay=False), default=DEFAULT_WHEELHOUSE, show_default=True,
+              help="folder served at /dist/ without a token: this version's wheel, its dependencies, "
+                   "image tarballs (what `cpctl machine join-config` installs from)")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(
     etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
     insecure_no_auth: bool, machine_ttl: int, proxy_image: str, default_pids_limit: int, max_pids_limit: int,
     allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, metrics_anonymous: bool,
-    log_level: str, **etcd_flags: str | None,
+    wheelhouse: str, log_level: str, **etcd_flags: str | None,
 ) -> None:
     """The controlplane API server (and, when elected, scheduler and controllers)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -135,6 +142,8 @@ def main(
         click.echo("cp-apiserver: --tls-cert and --tls-key go together", err=True)
         sys.exit(2)
     _split_listen(listen)
+    if not Path(wheelhouse).is_dir():
+        log.warning("wheelhouse %s is not a folder: /dist/ serves nothing (make wheelhouse fills it)", wheelhouse)
     try:
         admission = AdmissionPolicy(
             proxy_image=proxy_image, default_pids_limit=default_pids_limit, max_pids_limit=max_pids_limit,
@@ -150,7 +159,7 @@ def main(
             etcd=etcd, prefix=prefix, listen=listen, token_file=token_file, insecure_no_auth=insecure_no_auth,
             machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
             controllers=not no_controllers, admission=admission, metrics_anonymous=metrics_anonymous,
-            etcd_access=etcd_access,
+            etcd_access=etcd_access, wheelhouse=wheelhouse,
         ))
     except TokenFileError as err:  # a configuration error, like a bad flag
         click.echo(f"cp-apiserver: {err.message}", err=True)

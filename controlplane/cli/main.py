@@ -18,6 +18,7 @@ from .create import create_group
 from .delete import delete_command
 from .describe import describe_command
 from .get import get_command
+from .join import machine_group
 from .logs import logs_command
 from .machines import (
     cordon_command,
@@ -48,6 +49,7 @@ def main() -> None:
 for command in (
     run_command, apply_command, create_group, get_command, describe_command, scale_command, delete_command, logs_command,
     list_machines_command, list_units_command, cordon_command, uncordon_command, drain_command, version_command,
+    machine_group,
 ):
     main.add_command(command)
 
