@@ -3,9 +3,11 @@
 Everything that decides lives elsewhere (agent/reconcile.py plans, agent/executor.py acts);
 this module only moves data between the API and the executor:
 
-- heartbeat every TTL/3; a machine that has not reached the API for ``fence_after`` seconds
-  stops its own instances (self-fencing), so a cut-off machine never keeps serving copies the
-  cluster has already replaced;
+- heartbeat every TTL/4 (at most every second); with several API servers a round tries each one
+  at once after the other, each for a share of TTL/3, so one dead server never lets the lease
+  lapse; a machine that has not reached the API for ``fence_after`` seconds stops its own
+  instances (self-fencing), so a cut-off machine never keeps serving copies the cluster has
+  already replaced;
 - list+watch of the instances bound to this machine (field selector ``spec.machine=NAME``);
 - a sync on every watch event, Docker event, health change, requeue deadline and every
   ``RESYNC_SECONDS``; statuses are written through ``/status`` only when they change;
@@ -26,6 +28,7 @@ from typing import Any, cast
 
 from agent.executor import Executor
 from agent.health import Prober
+from agent.metrics import AgentMetrics
 from agent.plugin import AgentPlugin
 from agent.reconcile import DesiredInstance
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeFailure
@@ -60,14 +63,16 @@ class Agent:
 
     def __init__(self, client: Client, runtime: Runtime, config: AgentConfig, *,
                  plugins: Sequence[AgentPlugin] = (), clock: Callable[[], float] = time.monotonic,
-                 scrubber: Scrubber | None = None,
+                 scrubber: Scrubber | None = None, metrics: AgentMetrics | None = None,
                  image_source: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.client = client
         self.runtime = runtime
         self.config = config
         self.plugins = tuple(plugins)
         self.clock = clock
-        self.prober = Prober(runtime)
+        self.metrics = metrics if metrics is not None else AgentMetrics()
+        self.prober = Prober(runtime, on_result=lambda kind, ok, seconds: self.metrics.observe_probe(
+            kind, ok=ok, seconds=seconds))
         self.scrubber = scrubber or Scrubber()  # the Secret values read here; main.py filters logs with it
         self.executor = Executor(runtime, cluster=config.cluster, machine=config.machine, address=config.address,
                                  prober=self.prober, secret_source=ApiSecrets(client, self.scrubber),
@@ -95,11 +100,18 @@ class Agent:
                 "capacity": {"cpu": self.config.cpu, "memoryMB": self.config.memory_mb},
                 "labels": self.config.labels}
 
+    def heartbeat_timeout(self) -> float:
+        """How long one server may take to answer a heartbeat: a round over every server fits in
+        TTL/3 (floor 0.5 s), so after a failed server the next one is asked well within the TTL."""
+        servers = len(getattr(self.client, "servers", ())) or 1
+        return max(self.ttl / 3 / servers, 0.5)
+
     async def heartbeat_loop(self) -> None:
         while True:
             try:
-                reply = await asyncio.wait_for(self.client.heartbeat(self.config.machine, self.heartbeat_body()),
-                                               timeout=max(self.ttl / 3, 0.5))
+                reply = await self.client.heartbeat(self.config.machine, self.heartbeat_body(),
+                                                    timeout=self.heartbeat_timeout())
+                self.metrics.observe_heartbeat(ok=True)
                 self.ttl = float(reply.get("leaseTTL") or self.ttl)
                 if isinstance(reply.get("logSigningKeys"), list):
                     self.log_signing_keys = reply["logSigningKeys"]
@@ -116,14 +128,17 @@ class Agent:
                     self.relist.set()
                     log.warning("reached the API again: unfencing")
                     self.fenced = False
+                    self.metrics.set_fenced(False)
                     self.wake.set()
             except (CPError, TimeoutError) as err:
+                self.metrics.observe_heartbeat(ok=False)
                 silent = self.clock() - self.last_contact
                 log.warning("heartbeat failed (%.1fs without the API): %s", silent, err)
                 if not self.fenced and silent >= self.fence_after:
                     log.error("no API for %.1fs (fence after %.1fs): stopping this machine's instances",
                               silent, self.fence_after)
                     self.fenced = True
+                    self.metrics.set_fenced(True)
                     self.wake.set()
             await asyncio.sleep(max(min(self.ttl / 4, 1.0), 0.1))
 
@@ -175,10 +190,13 @@ class Agent:
         while True:
             self.wake.clear()
             requeue: float | None = None
+            started = time.perf_counter()
             try:
                 result = await self.executor.sync(self.desired())
+                self.metrics.observe_containers(c.state for c in self.executor.last_listed)
                 requeue = result.requeue_after
                 await self.report(result.statuses)
+                self.metrics.sync_seconds.observe(time.perf_counter() - started)
                 self.synced_once.set()
             except HostKeyRefused:
                 raise  # a host key that changed under us is an attack until shown otherwise: stop

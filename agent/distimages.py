@@ -105,7 +105,7 @@ class ClusterImages:
     async def _download(self, file: str, write: Callable[[bytes], Any]) -> str:
         digest = hashlib.sha256()
         try:
-            async with self.client.session().get(self.client.url(f"/dist/{file}"),
+            async with self.client.session().get(f"{self.client.server}/dist/{file}",
                                                   timeout=aiohttp.ClientTimeout(total=600)) as resp:
                 if resp.status != 200:
                     raise ImagePullError(f"GET /dist/{file} answered {resp.status}")

@@ -102,11 +102,13 @@ class Executor:
         self.secret_source = secret_source
         self.scrubber = scrubber or Scrubber()
         self.config_waits: dict[str, ConfigWait] = {}
+        self.last_listed: list[Container] = []  # this machine's containers at the last sync (metrics)
 
     async def sync(self, desired: Sequence[DesiredInstance]) -> SyncResult:
         """List this machine's containers, plan, apply. Raises RuntimeUnavailable when the engine
         cannot be reached (the caller retries; statuses are not worth writing then)."""
         actual = await self.runtime.list_containers(cluster=self.cluster, machine=self.machine)
+        self.last_listed = list(actual)
         actions = plan(desired, actual, now=self.clock(), backoff=self.backoff)
         result = await self.apply(actions)
         wanted = {d.name for d in desired}

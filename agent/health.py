@@ -160,11 +160,14 @@ class Prober:
     """Runs each target's probe every `period` and keeps its `ProbeState`.
 
     A target whose container or start time changes starts over unready. `tick()` probes whatever
-    is due (tests call it directly with an injected clock); `run()` loops on it."""
+    is due (tests call it directly with an injected clock); `run()` loops on it. `on_result` hears
+    each probe's kind, outcome and seconds (the agent's metrics)."""
 
-    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], float] = time.monotonic,
+                 on_result: Callable[[ProbeKind, bool, float], None] | None = None) -> None:
         self.runtime = runtime
         self.clock = clock
+        self.on_result = on_result
         self.targets: dict[str, ProbeTarget] = {}
         self.states: dict[str, ProbeState] = {}
         self._due: dict[str, float] = {}
@@ -198,7 +201,11 @@ class Prober:
         return self.states.get(instance)
 
     async def probe(self, target: ProbeTarget) -> ProbeResult:
-        return await run_probe(self.runtime, target)
+        started = time.perf_counter()
+        result = await run_probe(self.runtime, target)
+        if self.on_result is not None:
+            self.on_result(target.spec.kind, result.ok, time.perf_counter() - started)
+        return result
 
     async def tick(self) -> list[str]:
         """Probe every due target once; returns the instances whose readiness changed."""

@@ -1,7 +1,7 @@
-"""cp-agent: flags and wiring (runtime choice, API client, log server, proxy manager).
+"""cp-agent: flags and wiring (runtime choice, API client, log server, metrics, proxy manager).
 
-One agent per machine. It talks only to the API server (never to etcd), with a node token
-bound to its machine.
+One agent per machine. It talks only to the API servers (never to etcd), with a node token
+bound to its machine; ``--server URL,URL`` names several, failed over in order.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from aiohttp import web
 from agent.agent import Agent, AgentConfig
 from agent.distimages import ClusterImages, ImageEngine
 from agent.logserver import make_log_app
+from agent.metrics import AgentMetrics, make_metrics_app, parse_metrics_listen
 from agent.proxy.manager import ProxyManager
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
 from agent.secretenv import Scrubber, install_log_filter
@@ -64,8 +65,29 @@ def make_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | None) -
     return DockerRuntime(docker)
 
 
+async def serve_metrics(metrics: AgentMetrics, where: tuple[str, int] | None, *, required: bool) -> web.AppRunner | None:
+    """``/metrics`` on ``where``. The default port already taken is a warning (the agent's own job
+    goes on without metrics); a port the operator named that cannot be had stops the agent."""
+    if where is None:
+        return None
+    runner = web.AppRunner(make_metrics_app(metrics), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, where[0], where[1], reuse_address=True).start()
+    except OSError as err:
+        await runner.cleanup()
+        if required:
+            raise RuntimeError(f"--metrics-listen {where[0]}:{where[1]}: {err.strerror or err}") from err
+        log.warning("metrics not served on %s:%d: %s (set --metrics-listen HOST:PORT, or off)", *where,
+                    err.strerror or err)
+        return None
+    log.info("metrics on http://%s:%d/metrics", *where)
+    return runner
+
+
 async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
-                    known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None) -> None:
+                    known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None,
+                    metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False) -> None:
     runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     connect = getattr(runtime, "connect", None)
     if connect is not None:  # ssh://: a refused host key is fatal and said at once, not retried in a loop
@@ -76,12 +98,13 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
             raise
         except RuntimeUnavailable as err:
             log.warning("container runtime not reachable yet (will retry): %s", err)
-    client = Client(server, token=token, ca=ca, timeout=5.0)
+    metrics = AgentMetrics()
+    client = Client(server, token=token, ca=ca, timeout=5.0, on_error=metrics.api_error)
     proxies = ProxyManager(client, runtime, cluster=config.cluster, machine=config.machine,
-                           address=config.address, state_dir=Path(config.state_dir))
+                           address=config.address, state_dir=Path(config.state_dir), metrics=metrics)
     # Docker engines load missing images the cluster serves at /dist/ (the proxy image: agent/distimages.py)
     images = ClusterImages(client, cast(ImageEngine, runtime)) if hasattr(runtime, "load_image") else None
-    agent = Agent(client, runtime, config, plugins=[proxies], scrubber=scrubber,
+    agent = Agent(client, runtime, config, plugins=[proxies], scrubber=scrubber, metrics=metrics,
                   image_source=images.provide if images else None)
 
     def container_ids() -> dict[str, str]:
@@ -93,6 +116,7 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
     await runner.setup()
     site = web.TCPSite(runner, config.address, config.agent_port, reuse_address=True)
     await site.start()
+    metrics_runner = await serve_metrics(metrics, metrics_listen, required=metrics_required)
     log.info("cp-agent %s: machine %s, address %s, logs on port %d, docker %s", config.cluster, config.machine,
              config.address, config.agent_port, docker)
     stop = asyncio.Event()
@@ -111,12 +135,15 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await main_task
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await client.close()
         await runtime.close()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--server", envvar="CP_SERVER", default="http://127.0.0.1:7070", show_default=True)
+@click.option("--server", envvar="CP_SERVER", default="http://127.0.0.1:7070", show_default=True,
+              metavar="URL[,URL...]", help="API servers, comma-separated: failed over in order")
 @click.option("--token", envvar="CP_TOKEN", help="node token (or --token-file)")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--ca", type=click.Path(exists=True, dir_okay=False))
@@ -137,17 +164,23 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
 @click.option("--cluster", default="cp", show_default=True, help="label that marks this cluster's containers")
 @click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True)
 @click.option("--state-dir", default="/var/lib/cp-agent", show_default=True, help="proxy configs live here")
+@click.option("--metrics-listen", default="", metavar="HOST:PORT|off",
+              help="where /metrics is served (Prometheus text, no token) [default: --address, port 9102]")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(server: str, token: str | None, token_file: str | None, ca: str | None, machine: str, metadata: str,
          address: str, cpu: float | None, memory_mb: int | None, docker: str, known_hosts: str | None,
          ssh_key: str | None, fence_after: float | None, agent_port: int, cluster: str, proxy_image: str,
-         state_dir: str, log_level: str) -> None:
+         state_dir: str, metrics_listen: str, log_level: str) -> None:
     """The controlplane agent: runs this machine's instances as Docker containers."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scrubber = Scrubber()
     install_log_filter(scrubber)  # no Secret value the agent reads reaches its log
     if token_file:
         token = Path(token_file).read_text().strip()
+    try:
+        metrics_where = parse_metrics_listen(metrics_listen, address=address)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--metrics-listen") from err
     host_cpu, host_memory = host_capacity()
     config = AgentConfig(
         machine=machine, address=address, cluster=cluster, labels=parse_metadata(metadata),
@@ -156,7 +189,8 @@ def main(server: str, token: str | None, token_file: str | None, ca: str | None,
     )
     try:
         asyncio.run(run_agent(server=server, token=token, ca=ca, config=config, docker=docker,
-                              known_hosts=known_hosts, ssh_key=ssh_key, scrubber=scrubber))
+                              known_hosts=known_hosts, ssh_key=ssh_key, scrubber=scrubber,
+                              metrics_listen=metrics_where, metrics_required=bool(metrics_listen.strip())))
     except KeyboardInterrupt:
         pass
     except Exception as err:  # a clear one-line reason, the traceback in the debug log

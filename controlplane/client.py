@@ -6,6 +6,12 @@ every server error comes back as the matching ``CPError`` (rebuilt with
 ``ServiceUnavailable`` whose message names the server. One aiohttp session (keep-alive) is
 opened lazily on first use and closed by ``close()`` or the ``async with`` block.
 
+``server`` may name several API servers (``"http://a:7070,http://b:7070"``, see
+controlplane/servers.py). A call that cannot reach one, or gets a 503 from it, goes to the next at
+once; a request that may already have been applied (a POST whose connection broke after it was
+sent) is not sent twice unless the caller says it is idempotent (the heartbeat is). A watch that
+breaks marks its server failed, so the caller's re-list (controlplane/mirror.py) asks the next one.
+
     async with Client("http://127.0.0.1:7070", token="admin-token") as api:
         unit = await api.get("units", "web")
         async for event in api.watch("instances", resource_version=rv):
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -25,11 +31,16 @@ import aiohttp
 
 from controlplane.errors import BY_REASON, CPError, Gone, InternalError, ServiceUnavailable, from_status
 from controlplane.model import API_VERSION
+from controlplane.servers import ServerList
 
 API_PREFIX = f"/api/{API_VERSION}"
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_PAGE = 500
+# sending one of these twice does what sending it once does (a merge patch too): after a broken
+# connection it may go to the next server even if the first one applied it
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "PATCH"})
+UNREACHABLE = (TimeoutError, aiohttp.ClientError, OSError)
 # the class defines a method named ``list``, which hides the builtin in its annotations
 ObjectList = list[dict[str, Any]]
 
@@ -49,18 +60,27 @@ def _error_from_response(code: int, body: bytes, url: str) -> CPError:
 
 
 class Client:
-    """An API client for one server. Optional arguments are keyword-only.
+    """An API client for one server, or several (``"URL,URL"`` or a sequence) that it fails over
+    between. Optional arguments are keyword-only.
 
-    ``timeout`` bounds each ordinary request; watches and followed logs are long-lived and
-    are bounded only by the connect timeout and their own ``timeout_seconds``.
+    ``timeout`` bounds each ordinary request (per server tried); watches and followed logs are
+    long-lived and are bounded only by the connect timeout and their own ``timeout_seconds``.
+    ``on_error`` hears every error met, one per server tried (the agent counts them by reason).
     """
 
-    def __init__(self, server: str, *, token: str | None = None, ca: str | None = None, timeout: float = 10.0) -> None:
-        self.server = server.rstrip("/")
+    def __init__(self, server: str | Sequence[str], *, token: str | None = None, ca: str | None = None,
+                 timeout: float = 10.0, on_error: Callable[[CPError], None] | None = None) -> None:
+        self.servers = ServerList(server)
         self.token = token
         self.ca = ca
         self.timeout = timeout
+        self.on_error = on_error
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def server(self) -> str:
+        """The server asked first (the one that answered last)."""
+        return self.servers.current
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -97,9 +117,6 @@ class Client:
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    def url(self, path: str) -> str:
-        return self.server + path
-
     @staticmethod
     def object_path(resource: str, name: str | None = None, subresource: str | None = None) -> str:
         path = f"{API_PREFIX}/{resource}"
@@ -109,46 +126,75 @@ class Client:
             path += "/" + subresource
         return path
 
-    def _unreachable(self, err: BaseException) -> ServiceUnavailable:
+    def _unreachable(self, err: BaseException, *, server: str, seconds: float | None = None) -> ServiceUnavailable:
         text = str(err) or err.__class__.__name__
         if isinstance(err, TimeoutError):
-            text = f"no answer within {self.timeout:g}s"
-        return ServiceUnavailable(f"cannot reach the server at {self.server}: {text}")
+            text = f"no answer within {self.timeout if seconds is None else seconds:g}s"
+        error = ServiceUnavailable(f"cannot reach the server at {server}: {text}")
+        self._noted(error)
+        return error
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        body: Any = None,
-        content_type: str = JSON,
-    ) -> Any:
-        """One request; the decoded JSON answer, or the server's error as a CPError."""
+    def _noted(self, err: CPError) -> CPError:
+        if self.on_error is not None:
+            self.on_error(err)
+        return err
+
+    def _fails_over(self, code: int) -> bool:
+        """A 503 (that server's store is unreachable) sends the call to the next server, if any."""
+        return code == 503 and len(self.servers) > 1
+
+    @staticmethod
+    def _none_answered(failures: list[CPError]) -> CPError:
+        if len(failures) == 1:
+            return failures[0]
+        return ServiceUnavailable("every API server failed: " + "; ".join(str(f.message) for f in failures))
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
+                      content_type: str = JSON, timeout: float | None = None, idempotent: bool | None = None) -> Any:
+        """One request; the decoded JSON answer, or the server's error as a CPError. Each server
+        is tried once at most, for ``timeout`` seconds (default: the client's) each."""
         data = None
         headers: dict[str, str] = {}
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
             headers["Content-Type"] = content_type
-        url = self.url(path)
-        try:
-            async with self.session().request(
-                method, url, params=params, data=data, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise _error_from_response(resp.status, raw, url)
-        except CPError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            raise self._unreachable(err) from err
+        resend = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        seconds = self.timeout if timeout is None else timeout
+        failures: list[CPError] = []
+        for server in self.servers.attempts():
+            url = server + path
+            try:
+                async with self.session().request(
+                    method, url, params=params, data=data, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=seconds),
+                ) as resp:
+                    code, raw = resp.status, await resp.read()
+            except UNREACHABLE as err:
+                failures.append(self._unreachable(err, server=server, seconds=seconds))
+                self.servers.failed(server)
+                if resend or isinstance(err, aiohttp.ClientConnectorError):  # never connected: not sent
+                    continue
+                raise failures[-1] from err
+            if code >= 400:
+                error = self._noted(_error_from_response(code, raw, url))
+                if self._fails_over(code):
+                    failures.append(error)
+                    self.servers.failed(server)
+                    continue
+                self.servers.answered(server)
+                raise error
+            self.servers.answered(server)
+            return self._decode(raw, server=server, what=f"{method} {path}")
+        raise self._none_answered(failures)
+
+    @staticmethod
+    def _decode(raw: bytes, *, server: str, what: str) -> Any:
         if not raw:
             return None
         try:
             return json.loads(raw)
         except ValueError as err:
-            raise InternalError(f"the server at {self.server} sent a body that is not JSON for {method} {path}") from err
+            raise InternalError(f"the server at {server} sent a body that is not JSON for {what}") from err
 
     @staticmethod
     def _query(
@@ -167,15 +213,8 @@ class Client:
 
     # --- objects ---------------------------------------------------------------------------------
 
-    async def list(
-        self,
-        resource: str,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        limit: int = 0,
-        continue_token: str | None = None,
-    ) -> dict[str, Any]:
+    async def list(self, resource: str, *, label_selector: str | None = None, field_selector: str | None = None,
+                   limit: int = 0, continue_token: str | None = None) -> dict[str, Any]:
         """One page of ``resource``: the ``<Kind>List`` object (``metadata.continue`` when more)."""
         params = self._query(
             label_selector=label_selector, field_selector=field_selector, limit=limit, continue_token=continue_token
@@ -183,14 +222,8 @@ class Client:
         result: dict[str, Any] = await self.request("GET", self.object_path(resource), params=params)
         return result
 
-    async def list_all(
-        self,
-        resource: str,
-        *,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        page_size: int = DEFAULT_PAGE,
-    ) -> tuple[ObjectList, str]:
+    async def list_all(self, resource: str, *, label_selector: str | None = None, field_selector: str | None = None,
+                       page_size: int = DEFAULT_PAGE) -> tuple[ObjectList, str]:
         """Every matching object, following ``continue`` tokens, and the first page's resourceVersion
         (the revision to start a watch from)."""
         items: ObjectList = []
@@ -244,10 +277,12 @@ class Client:
         result: dict[str, Any] = await self.request("PUT", self.object_path("units", name, "scale"), body=body)
         return result
 
-    async def heartbeat(self, machine: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The agent's heartbeat: ``{"machine": ..., "leaseTTL": ..., "lease": ...}``."""
+    async def heartbeat(self, machine: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """The agent's heartbeat: ``{"machine": ..., "leaseTTL": ..., "lease": ...}``. Idempotent
+        (it refreshes a lease), so it goes to the next server after any failure; ``timeout`` bounds
+        each server tried."""
         result: dict[str, Any] = await self.request(
-            "POST", self.object_path("machines", machine, "heartbeat"), body=body
+            "POST", self.object_path("machines", machine, "heartbeat"), body=body, timeout=timeout, idempotent=True,
         )
         return result
 
@@ -258,52 +293,75 @@ class Client:
 
     # --- streams ---------------------------------------------------------------------------------
 
-    async def watch(
-        self,
-        resource: str,
-        *,
-        resource_version: str | int | None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def _open_stream(
+        self, path: str, params: dict[str, str], timeout: aiohttp.ClientTimeout
+    ) -> tuple[aiohttp.ClientResponse, str]:
+        """A GET whose body the caller streams, from the first server that answers it (the
+        caller closes the response); an error answer is raised, a 503 tries the next server."""
+        failures: list[CPError] = []
+        for server in self.servers.attempts():
+            url = server + path
+            try:
+                resp = await self.session().get(url, params=params, timeout=timeout)
+                if resp.status < 400:
+                    self.servers.answered(server)
+                    return resp, server
+                try:
+                    error = self._noted(_error_from_response(resp.status, await resp.read(), url))
+                finally:
+                    resp.close()
+            except UNREACHABLE as err:
+                failures.append(self._unreachable(err, server=server))
+                self.servers.failed(server)
+                continue
+            if not self._fails_over(resp.status):
+                self.servers.answered(server)
+                raise error
+            failures.append(error)
+            self.servers.failed(server)
+        raise self._none_answered(failures)
+
+    async def watch(self, resource: str, *, resource_version: str | int | None, label_selector: str | None = None,
+                    field_selector: str | None = None, timeout_seconds: float | None = None,
+                    read_timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """The watch events after ``resource_version`` (``{"type", "object"}``, BOOKMARKs included,
         so a caller can remember the latest revision). Ends when the server ends the stream
         (``timeout_seconds``); raises ``Gone`` on 410 or an ERROR event with code 410, and the
-        matching CPError for any other ERROR event."""
+        matching CPError for any other ERROR event. A stream that breaks, or stays silent for
+        ``read_timeout`` seconds (the server sends BOOKMARKs), is a ServiceUnavailable, and its
+        server is asked last from then on."""
         params = self._query(label_selector=label_selector, field_selector=field_selector)
         params["watch"] = "1"
         if resource_version not in (None, ""):
             params["resourceVersion"] = str(resource_version)
         if timeout_seconds:
             params["timeoutSeconds"] = f"{timeout_seconds:g}"
-        url = self.url(self.object_path(resource))
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=None)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout,
+                                        sock_read=read_timeout)
+        resp, server = await self._open_stream(self.object_path(resource), params, timeout)
         try:
-            async with self.session().get(url, params=params, timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise _error_from_response(resp.status, await resp.read(), url)
-                buffer = b""
-                async for chunk in resp.content.iter_any():
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if line.strip():
-                            yield self._watch_event(line)
-                if buffer.strip():
-                    yield self._watch_event(buffer)
-        except CPError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            raise self._unreachable(err) from err
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield self._watch_event(line, server=server)
+            if buffer.strip():
+                yield self._watch_event(buffer, server=server)
+        except UNREACHABLE as err:
+            self.servers.failed(server)
+            raise self._unreachable(err, server=server, seconds=read_timeout) from err
+        finally:
+            resp.close()
 
-    def _watch_event(self, line: bytes) -> dict[str, Any]:
+    def _watch_event(self, line: bytes, *, server: str) -> dict[str, Any]:
         try:
             event = json.loads(line)
         except ValueError as err:
-            raise InternalError(f"the server at {self.server} sent a watch line that is not JSON") from err
+            raise InternalError(f"the server at {server} sent a watch line that is not JSON") from err
         if not isinstance(event, dict):
-            raise InternalError(f"the server at {self.server} sent a watch event that is not an object")
+            raise InternalError(f"the server at {server} sent a watch event that is not an object")
         if event.get("type") == "ERROR":
             status = event.get("object") or {}
             if int(status.get("code") or 0) == 410:
@@ -318,16 +376,14 @@ class Client:
             params["follow"] = "1"
         if tail is not None:
             params["tail"] = str(tail)
-        url = self.url(self.object_path("instances", instance, "log"))
         total = None if follow else max(self.timeout, 60.0)
         timeout = aiohttp.ClientTimeout(total=total, connect=self.timeout, sock_connect=self.timeout)
+        resp, server = await self._open_stream(self.object_path("instances", instance, "log"), params, timeout)
         try:
-            async with self.session().get(url, params=params, timeout=timeout) as resp:
-                if resp.status >= 400:
-                    raise _error_from_response(resp.status, await resp.read(), url)
-                async for chunk in resp.content.iter_any():
-                    yield chunk
-        except CPError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as err:
-            raise self._unreachable(err) from err
+            async for chunk in resp.content.iter_any():
+                yield chunk
+        except UNREACHABLE as err:  # not resumed elsewhere: the output so far would repeat
+            self.servers.failed(server)
+            raise self._unreachable(err, server=server, seconds=total) from err
+        finally:
+            resp.close()

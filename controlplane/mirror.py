@@ -4,6 +4,9 @@ The agent (the instances bound to its machine) and its proxy manager (units, end
 follow resources this way. The mirror re-lists after 410 Gone, after an error, and after a watch
 that stays silent longer than ``silence`` seconds: the server sends a BOOKMARK every few seconds,
 so silence means a dead connection (a cut-off machine's socket may never say so itself).
+With several API servers (controlplane/client.py), a watch that breaks or falls silent marks its
+server failed, so the re-list and the new watch go to the next server: the listed revision is
+etcd's, the same on every server.
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ async def mirror(
             on_listed()
             on_change()
             events = client.watch(resource, resource_version=rv, field_selector=field_selector,
-                                  timeout_seconds=300).__aiter__()
+                                  timeout_seconds=300, read_timeout=silence).__aiter__()
             while True:
-                try:
-                    event = await asyncio.wait_for(events.__anext__(), timeout=silence)
+                try:  # the client's read timeout fires first; this bounds a client that has none
+                    event = await asyncio.wait_for(events.__anext__(), timeout=silence + 1.0)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from agent.metrics import AgentMetrics
 from agent.proxy import safefs
 from agent.proxy.apply import NginxApplier
 from agent.proxy.debounce import Debouncer
@@ -123,8 +124,9 @@ class ProxyManager:
     """The agent plug-in for proxy instances; needs the agent's cluster, machine and address."""
 
     def __init__(self, client: Client, runtime: Runtime, *, cluster: str, machine: str, address: str,
-                 state_dir: Path) -> None:
+                 state_dir: Path, metrics: AgentMetrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.runtime = runtime
         self.cluster = cluster
         self.machine = machine
@@ -225,8 +227,11 @@ class ProxyManager:
             proxy.applier = NginxApplier(proxy.conf_dir, runner)
             proxy.applier.prepare(text)
             proxy.container_id = container_id
+        reloads = proxy.applier.reloads
         result = await proxy.applier.apply(text)
-        if not result.ok and result.reason != proxy.last_reason:
+        failed = not result.ok and result.reason != proxy.last_reason
+        self.metrics.observe_proxy_apply(reloads=proxy.applier.reloads - reloads, failed=failed)
+        if failed:
             log.warning("proxy %s kept its last good config: %s", name, result.reason)
             await self._event(name, "ProxyConfigRejected", result.reason)
         elif result.ok and result.changed:

@@ -92,7 +92,13 @@ async def status_middleware(request: web.Request, handler: Handler) -> web.Strea
         code = 500
         return error_response(InternalError("internal error; see the server log"))
     finally:
-        metrics.observe_request(_route_label(request), request.method, code, time.perf_counter() - started)
+        metrics.observe_request(_route_label(request), request.method, code, time.perf_counter() - started,
+                                watch=_is_watch(request))
+
+
+def _is_watch(request: web.Request) -> bool:
+    """A ``GET ?watch=1`` (as api/objects.py reads it): a stream, kept out of the latency histogram."""
+    return request.method == "GET" and request.query.get("watch", "").lower() in ("1", "true", "yes")
 
 
 def _is_public(request: web.Request) -> bool:

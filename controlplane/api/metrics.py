@@ -3,15 +3,26 @@
 A registry per app (not prometheus_client's global one) lets tests run several servers in
 one process. The controllers' series (``controllers.metrics.ControllerMetrics``) are
 registered on the same registry here, whether or not this server ever leads, so every
-server exposes the same series.
+server exposes the same series. The process and platform collectors (CPU, memory, open files,
+the Python version) and ``cp_build_info`` ride on it too. Watch streams last minutes, so they
+stay out of the request-latency histogram (they would make its p99 seconds): they are counted by
+``cp_apiserver_watch_requests_total`` and the ``cp_apiserver_watches`` gauge instead.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
+from controlplane import __version__
 from controlplane.controllers.metrics import LATENCY_BUCKETS, ControllerMetrics
 
 __all__ = ["LATENCY_BUCKETS", "ApiMetrics"]
@@ -24,6 +35,11 @@ class ApiMetrics:
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Gauge("cp_build_info", "The running cp-apiserver's version (always 1)", ["version"],
+                                registry=r)
+        self.build_info.labels(__version__).set(1)
         self.requests = Counter(
             "cp_apiserver_requests", "API requests by route, method and status code",
             ["route", "method", "code"], registry=r,
@@ -32,6 +48,10 @@ class ApiMetrics:
             "cp_apiserver_request_duration_seconds", "API request latency by route and method",
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.watch_requests = Counter(
+            "cp_apiserver_watch_requests", "Watch requests (?watch=1) by route and status code; not timed",
+            ["route", "code"], registry=r,
+        )
         self.watches = Gauge("cp_apiserver_watches", "Open watch streams by resource", ["resource"], registry=r)
         self.etcd_seconds = Histogram(
             "cp_etcd_request_duration_seconds", "Store (etcd) call latency by operation",
@@ -39,7 +59,10 @@ class ApiMetrics:
         )
         self.controllers = ControllerMetrics(r)
 
-    def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
+    def observe_request(self, route: str, method: str, code: int, seconds: float, *, watch: bool = False) -> None:
+        if watch:
+            self.watch_requests.labels(route, str(code)).inc()
+            return
         key = (route, method, code)
         children = self._request_children.get(key)
         if children is None:

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from controlplane.servers import parse_servers
+
 from .terminal import echo
 
 DEFAULT_SERVER = "http://127.0.0.1:7070"
@@ -71,10 +73,11 @@ def resolve_config(
     values: dict[str, str | None] = {}
     for key, var in ENV_VARS.items():
         values[key] = flags.get(key) or env.get(var) or file_values.get(key) or None
-    server = (values["server"] or DEFAULT_SERVER).strip()
-    if "://" not in server:
-        server = "http://" + server
-    return Config(server=server.rstrip("/"), token=values["token"], ca=values["ca"])
+    try:  # "URL[,URL...]": every server of the cluster, failed over in order (controlplane/servers.py)
+        server = ",".join(parse_servers(values["server"] or DEFAULT_SERVER))
+    except ValueError as err:
+        raise ConfigError(f"--server/CPCTL_SERVER/server: {err}") from err
+    return Config(server=server, token=values["token"], ca=values["ca"])
 
 
 def load_config(flags: Mapping[str, str | None], *, env: Mapping[str, str] | None = None) -> Config:
@@ -92,8 +95,8 @@ def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def connection_options(func: F) -> F:
     """``--server``, ``--token`` and ``--ca`` on a group or a command (stored in ``ctx.meta``)."""
     options = [
-        click.option("--server", metavar="URL", expose_value=False, callback=_remember,
-                     help="API server URL [env CPCTL_SERVER]"),
+        click.option("--server", metavar="URL[,URL...]", expose_value=False, callback=_remember,
+                     help="API server URL; several, comma-separated, are failed over in order [env CPCTL_SERVER]"),
         click.option("--token", metavar="TOKEN", expose_value=False, callback=_remember,
                      help="bearer token [env CPCTL_TOKEN]"),
         click.option("--ca", metavar="FILE", expose_value=False, callback=_remember,

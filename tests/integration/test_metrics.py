@@ -1,5 +1,6 @@
 """``/metrics`` of a live cp-apiserver: request counts and latency by route and code, open watches,
-etcd latency, and ``promtool check metrics`` accepts the exposition.
+etcd latency, the process and platform collectors and ``cp_build_info``, watch streams counted apart
+from the latency histogram, and ``promtool check metrics`` accepts the exposition.
 
 promtool comes from Debian's ``prometheus`` package without installing it (350 MB with its web
 assets): ``apt-get download`` + ``dpkg-deb -x`` into a temp dir, binary cached in /tmp/cp-promtool/.
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from apiserver_fixture import ApiServer
+
+from controlplane import __version__
 
 PROMTOOL_CACHE = Path("/tmp/cp-promtool/promtool")
 
@@ -136,3 +139,37 @@ def test_metrics_need_a_reader_unless_anonymous(apiserver: ApiServer, unique_pre
                    extra_args=["--metrics-anonymous"]) as anonymous:
         assert _anonymous_status(anonymous, "/metrics") == 200
         assert _anonymous_status(anonymous, "/api/v1/units") == 401  # only /metrics is opened
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[: line.rfind("}") + 1]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_watches_stay_out_of_the_latency_histogram_and_process_metrics_are_there(
+    apiserver: ApiServer, promtool: str
+) -> None:
+    req = urllib.request.Request(apiserver.url + "/api/v1/units?watch=1&timeoutSeconds=1",
+                                 headers={"Authorization": "Bearer admin-token"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()  # the server ends the stream after its timeoutSeconds
+    for _ in range(2):
+        assert call(apiserver, "GET", "/api/v1/units") == 200
+    text = scrape(apiserver)
+    assert _sample(text, "cp_apiserver_watch_requests_total", route="/api/v1/units", code="200") == 1
+    count = _sample(text, "cp_apiserver_request_duration_seconds_count", route="/api/v1/units", method="GET")
+    total = _sample(text, "cp_apiserver_request_duration_seconds_sum", route="/api/v1/units", method="GET")
+    assert count == 2, "the watch is not one of the timed requests"
+    assert total is not None and total < 1.0, "a 1 s watch would have pushed the sum past 1 s"
+    assert _sample(text, "cp_apiserver_requests_total", route="/api/v1/units", method="GET", code="200") == 2
+    assert _sample(text, "cp_build_info", version=__version__) == 1
+    assert (_sample(text, "process_resident_memory_bytes") or 0) > 0
+    assert (_sample(text, "process_open_fds") or 0) > 0
+    assert _sample(text, "python_info") == 1
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -130,6 +130,8 @@ async def test_agent_tells_the_plugin_of_new_containers_and_lays_its_status_fiel
         await proxy.debouncer.flush()
         assert ("exec", cid) in runtime.calls  # applied into the container the agent reported
         assert proxy.applier is not None and proxy.applier.reloads == 1
+        assert manager.metrics.registry.get_sample_value("cp_agent_proxy_reloads_total") == 1
+        assert manager.metrics.registry.get_sample_value("cp_agent_proxy_failures_total") == 0
         assert proxy.last_reason == "" and client.created == []
 
         await agent.report(result.statuses)  # same container, same status: no poke, no write
