@@ -55,6 +55,8 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python tools/check_shape.py controlplane agent
+	@dups=$$(find tests -name 'test_*.py' -printf '%f\n' | sort | uniq -d); \
+	  if [ -n "$$dups" ]; then echo "test modules with the same basename (pytest cannot import both): $$dups"; exit 1; fi
 
 test: deps images wheelhouse lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
