@@ -1,4 +1,4 @@
-"""The async REST client of the controlplane API, shared by ``cpctl`` and ``cp-agent``.
+"""The async REST client of the controlplane API: ``cp-agent``'s (cpctl has a blocking one, cli/rest.py).
 
 It exists so that no caller builds URLs, encodes bodies or parses Status objects by hand:
 every server error comes back as the matching ``CPError`` (rebuilt with
@@ -25,38 +25,29 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
-from controlplane.errors import BY_REASON, CPError, Gone, InternalError, ServiceUnavailable, from_status
-from controlplane.model import API_VERSION
+from controlplane.errors import CPError, ServiceUnavailable
 from controlplane.servers import ServerList
+from controlplane.wire import (  # noqa: F401  (API_PREFIX, JSON, MERGE_PATCH, DEFAULT_PAGE: re-exported)
+    API_PREFIX,
+    DEFAULT_PAGE,
+    IDEMPOTENT_METHODS,
+    JSON,
+    MERGE_PATCH,
+    decode_body,
+    error_from_response,
+    list_query,
+    none_answered,
+    object_path,
+    scale_body,
+    watch_event,
+)
 
-API_PREFIX = f"/api/{API_VERSION}"
-JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
-DEFAULT_PAGE = 500
-# sending one of these twice does what sending it once does (a merge patch too): after a broken
-# connection it may go to the next server even if the first one applied it
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "PATCH"})
 UNREACHABLE = (TimeoutError, aiohttp.ClientError, OSError)
 # the class defines a method named ``list``, which hides the builtin in its annotations
 ObjectList = list[dict[str, Any]]
-
-
-def _error_from_response(code: int, body: bytes, url: str) -> CPError:
-    """The CPError for an HTTP error response: its Status object when it sent one."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        data = None
-    if isinstance(data, dict) and data.get("kind") == "Status":
-        return from_status(data, http_code=code)
-    cls = next((c for c in BY_REASON.values() if c.code == code), InternalError)
-    text = body.decode("utf-8", errors="replace").strip().splitlines()
-    detail = text[0][:200] if text else ""
-    return cls(f"the server answered {code} for {url}" + (f": {detail}" if detail else ""))
 
 
 class Client:
@@ -117,14 +108,7 @@ class Client:
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    @staticmethod
-    def object_path(resource: str, name: str | None = None, subresource: str | None = None) -> str:
-        path = f"{API_PREFIX}/{resource}"
-        if name is not None:
-            path += "/" + quote(name, safe="")
-        if subresource:
-            path += "/" + subresource
-        return path
+    object_path = staticmethod(object_path)
 
     def _unreachable(self, err: BaseException, *, server: str, seconds: float | None = None) -> ServiceUnavailable:
         text = str(err) or err.__class__.__name__
@@ -143,11 +127,7 @@ class Client:
         """A 503 (that server's store is unreachable) sends the call to the next server, if any."""
         return code == 503 and len(self.servers) > 1
 
-    @staticmethod
-    def _none_answered(failures: list[CPError]) -> CPError:
-        if len(failures) == 1:
-            return failures[0]
-        return ServiceUnavailable("every API server failed: " + "; ".join(str(f.message) for f in failures))
+    _none_answered = staticmethod(none_answered)
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None, body: Any = None,
                       content_type: str = JSON, timeout: float | None = None, idempotent: bool | None = None) -> Any:
@@ -176,7 +156,7 @@ class Client:
                     continue
                 raise failures[-1] from err
             if code >= 400:
-                error = self._noted(_error_from_response(code, raw, url))
+                error = self._noted(error_from_response(code, raw, url))
                 if self._fails_over(code):
                     failures.append(error)
                     self.servers.failed(server)
@@ -187,29 +167,8 @@ class Client:
             return self._decode(raw, server=server, what=f"{method} {path}")
         raise self._none_answered(failures)
 
-    @staticmethod
-    def _decode(raw: bytes, *, server: str, what: str) -> Any:
-        if not raw:
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError as err:
-            raise InternalError(f"the server at {server} sent a body that is not JSON for {what}") from err
-
-    @staticmethod
-    def _query(
-        *, label_selector: str | None, field_selector: str | None, limit: int = 0, continue_token: str | None = None
-    ) -> dict[str, str]:
-        params: dict[str, str] = {}
-        if label_selector:
-            params["labelSelector"] = label_selector
-        if field_selector:
-            params["fieldSelector"] = field_selector
-        if limit:
-            params["limit"] = str(limit)
-        if continue_token:
-            params["continue"] = continue_token
-        return params
+    _decode = staticmethod(decode_body)
+    _query = staticmethod(list_query)
 
     # --- objects ---------------------------------------------------------------------------------
 
@@ -273,8 +232,9 @@ class Client:
         return result
 
     async def put_scale(self, name: str, replicas: int) -> dict[str, Any]:
-        body = {"apiVersion": API_VERSION, "kind": "Scale", "metadata": {"name": name}, "spec": {"replicas": replicas}}
-        result: dict[str, Any] = await self.request("PUT", self.object_path("units", name, "scale"), body=body)
+        result: dict[str, Any] = await self.request(
+            "PUT", self.object_path("units", name, "scale"), body=scale_body(name, replicas)
+        )
         return result
 
     async def heartbeat(self, machine: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
@@ -307,7 +267,7 @@ class Client:
                     self.servers.answered(server)
                     return resp, server
                 try:
-                    error = self._noted(_error_from_response(resp.status, await resp.read(), url))
+                    error = self._noted(error_from_response(resp.status, await resp.read(), url))
                 finally:
                     resp.close()
             except UNREACHABLE as err:
@@ -346,28 +306,14 @@ class Client:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        yield self._watch_event(line, server=server)
+                        yield watch_event(line, server=server)
             if buffer.strip():
-                yield self._watch_event(buffer, server=server)
+                yield watch_event(buffer, server=server)
         except UNREACHABLE as err:
             self.servers.failed(server)
             raise self._unreachable(err, server=server, seconds=read_timeout) from err
         finally:
             resp.close()
-
-    def _watch_event(self, line: bytes, *, server: str) -> dict[str, Any]:
-        try:
-            event = json.loads(line)
-        except ValueError as err:
-            raise InternalError(f"the server at {server} sent a watch line that is not JSON") from err
-        if not isinstance(event, dict):
-            raise InternalError(f"the server at {server} sent a watch event that is not an object")
-        if event.get("type") == "ERROR":
-            status = event.get("object") or {}
-            if int(status.get("code") or 0) == 410:
-                raise Gone(str(status.get("message") or "watch expired; re-list"))
-            raise from_status(status)
-        return event
 
     async def logs(self, instance: str, *, follow: bool = False, tail: int | None = None) -> AsyncIterator[bytes]:
         """The instance's container output, as the agent sends it (proxied by the API server)."""

@@ -1,24 +1,28 @@
 """What every cpctl command shares: KIND aliases, the client call wrapper and the error line.
 
-``call`` runs one coroutine against a ``Client`` built from the resolved config and turns
-every expected failure into an ``error: ...`` line and an exit code (1 refused or
-unreachable, 3 waited in vain), so no command prints a traceback for them.
+``call`` runs one function against a ``RestClient`` (blocking, stdlib only: cli/rest.py) built
+from the resolved config and turns every expected failure into an ``error: ...`` line and an exit
+code (1 refused or unreachable, 3 waited in vain), so no command prints a traceback for them.
+Nothing here imports aiohttp: a command that still hands ``call`` a coroutine function
+(``async def go(api: Client)``) gets the async ``controlplane.client.Client``, imported then.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from controlplane.client import Client
 from controlplane.errors import CPError
 from controlplane.model import RESOURCES
 
-from .config import config_from_context
+from .config import Config, config_from_context
+from .rest import RestClient
 from .terminal import echo
+
+if TYPE_CHECKING:
+    from controlplane.client import Client
 
 T = TypeVar("T")
 
@@ -86,25 +90,39 @@ def error_line(err: CPError) -> str:
     return message
 
 
-def make_client(ctx: click.Context | None = None) -> Client:
+def make_client(ctx: click.Context | None = None) -> RestClient:
     config = config_from_context(ctx)
-    return Client(config.server, token=config.token, ca=config.ca)
+    return RestClient(config.server, token=config.token, ca=config.ca)
 
 
-def call(func: Callable[[Client], Awaitable[T]], *, ctx: click.Context | None = None) -> T:
-    """Run ``func(client)`` on a fresh event loop; CPErrors become ``error: ...`` and exit 1."""
-    client = make_client(ctx)
+CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect (an ``async def`` function)
 
-    async def runner() -> T:
-        async with client:
-            return await func(client)
 
+def call(func: Callable[[RestClient], T] | Callable[[Client], Awaitable[T]], *,
+         ctx: click.Context | None = None) -> T:
+    """``func(client)``; CPErrors become ``error: ...`` and exit 1, Ctrl-C exits 130."""
     try:
-        return asyncio.run(runner())
+        if getattr(getattr(func, "__code__", None), "co_flags", 0) & CO_COROUTINE:
+            return _call_async(cast("Callable[[Client], Awaitable[T]]", func), config_from_context(ctx))
+        with make_client(ctx) as api:
+            return cast("Callable[[RestClient], T]", func)(api)
     except CPError as err:
         raise CLIError(error_line(err)) from err
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _call_async(func: Callable[[Client], Awaitable[T]], config: Config) -> T:
+    """The old way: a coroutine against the aiohttp client, on a fresh event loop."""
+    import asyncio
+
+    from controlplane.client import Client
+
+    async def runner() -> T:
+        async with Client(config.server, token=config.token, ca=config.ca) as client:
+            return await func(client)
+
+    return asyncio.run(runner())
 
 
 def echo_lines(lines: list[str]) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import click
 
-from controlplane.client import Client
 from controlplane.secretref import valid_key
 
 from .common import call, ref
 from .config import connection_options
+from .rest import RestClient
 
 
 @click.group("create")
@@ -66,8 +66,8 @@ def create_secret_command(name: str, literals: tuple[str, ...], files: tuple[str
         raise click.UsageError("give at least one --from-literal KEY=VALUE or --from-file [KEY=]PATH")
     secret = secret_object(name, literals, files)
 
-    async def go(api: Client) -> None:
-        await api.create("secrets", secret)
+    def go(api: RestClient) -> None:
+        api.create("secrets", secret)
         click.echo(f"{ref('secrets', name)} created")
 
     call(go)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import click
 
-from controlplane.client import Client
-
 from .common import call, ref
 from .config import connection_options
 from .get import kind_argument
+from .rest import RestClient
 from .terminal import echo
 from .wait import wait_for_deletion
 
@@ -25,10 +24,10 @@ def delete_command(kind: str, name: str, wait: bool, timeout: float) -> None:
     """Delete object NAME of KIND."""
     resource = kind
 
-    async def go(api: Client) -> None:
-        await api.delete(resource, name)
+    def go(api: RestClient) -> None:
+        api.delete(resource, name)
         echo(f"{ref(resource, name)} deleted")
         if wait:
-            await wait_for_deletion(api, resource, name, timeout=timeout)
+            wait_for_deletion(api, resource, name, timeout=timeout)
 
     call(go)

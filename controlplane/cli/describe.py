@@ -8,12 +8,11 @@ from typing import Any
 
 import click
 
-from controlplane.client import Client
-
 from .common import KINDS, call
 from .config import connection_options
 from .get import kind_argument
 from .printers import NONE, age, dump_yaml, format_table, labels_text
+from .rest import RestClient
 from .terminal import echo
 from .wait import describe_instance
 
@@ -111,16 +110,16 @@ def describe_command(kind: str, name: str) -> None:
     """Show one object in detail, with placement reasons and recent events."""
     resource = kind
 
-    async def go(api: Client) -> str:
-        obj = await api.get(resource, name)
+    def go(api: RestClient) -> str:
+        obj = api.get(resource, name)
         instances: list[dict[str, Any]] | None = None
         if resource == "units":
-            instances, _ = await api.list_all("instances", field_selector=f"spec.unit={name}")
+            instances, _ = api.list_all("instances", field_selector=f"spec.unit={name}")
         elif resource == "machines":
-            instances, _ = await api.list_all("instances", field_selector=f"spec.machine={name}")
+            instances, _ = api.list_all("instances", field_selector=f"spec.machine={name}")
         events: list[dict[str, Any]] | None = None
         if resource != "events":
-            events, _ = await api.list_all(
+            events, _ = api.list_all(
                 "events", field_selector=f"involvedObject.kind={KINDS[resource]},involvedObject.name={name}"
             )
         if instances is not None:

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from controlplane.client import Client
 from controlplane.errors import Gone
 
 from .common import call, ref, resolve_kind
 from .config import connection_options
 from .printers import OUTPUTS, render, table
+from .rest import RestClient
 from .terminal import echo
 
 
@@ -25,8 +25,8 @@ def _print(text: str) -> None:
         echo(text)
 
 
-async def _watch(
-    api: Client, resource: str, output: str, *, label_selector: str | None, field_selector: str | None,
+def _watch(
+    api: RestClient, resource: str, output: str, *, label_selector: str | None, field_selector: str | None,
     items: list[dict[str, Any]], revision: str, timeout: float | None,
 ) -> None:
     """Print the current objects, then each change as it happens."""
@@ -49,7 +49,7 @@ async def _watch(
     show(items)
     while True:
         try:
-            async for event in api.watch(
+            for event in api.watch(
                 resource, resource_version=revision, label_selector=label_selector,
                 field_selector=field_selector, timeout_seconds=timeout,
             ):
@@ -59,7 +59,7 @@ async def _watch(
                     show([obj])
             return  # the server ended the stream (timeout)
         except Gone:
-            items, revision = await api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
+            items, revision = api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
             show(items)
 
 
@@ -84,14 +84,14 @@ def get_command(
         by_name = f"metadata.name={name}"
         field_selector = f"{field_selector},{by_name}" if field_selector else by_name
 
-    async def go(api: Client) -> None:
+    def go(api: RestClient) -> None:
         if name and not watch:
-            obj = await api.get(resource, name)
+            obj = api.get(resource, name)
             _print(render(resource, [obj], output, single=True))
             return
-        items, revision = await api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
+        items, revision = api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
         if watch:
-            await _watch(api, resource, output, label_selector=label_selector, field_selector=field_selector,
+            _watch(api, resource, output, label_selector=label_selector, field_selector=field_selector,
                          items=items, revision=revision, timeout=watch_timeout)
             return
         if not items and output in ("table", "wide"):

@@ -15,7 +15,6 @@ from typing import Any
 
 import click
 
-from controlplane.client import Client
 from controlplane.errors import NotFound
 from controlplane.joinconfig import (
     DEFAULT_DOCKER,
@@ -33,6 +32,7 @@ from controlplane.joinconfig import (
 
 from .common import CLIError, call
 from .config import config_from_context
+from .rest import RestClient
 
 
 def join_token_body(machine: str) -> dict[str, Any]:
@@ -41,9 +41,9 @@ def join_token_body(machine: str) -> dict[str, Any]:
                      "description": f"join-config for machine {machine}"}}
 
 
-async def create_join_token(api: Client, machine: str) -> str:
+def create_join_token(api: RestClient, machine: str) -> str:
     try:
-        created = await api.request("POST", "/api/v1/tokens", body=join_token_body(machine))
+        created = api.request("POST", "/api/v1/tokens", body=join_token_body(machine))
     except NotFound as err:
         raise CLIError("the server has no token API (/api/v1/tokens): pass --node-token with the token of "
                        f"a node line for {machine} in its --token-file") from err
@@ -94,9 +94,9 @@ def join_config_command(name: str, metadata: str, address: str, docker: str, ser
         raise click.BadParameter(str(err)) from err
     ca_pem = read_ca(config.ca)
 
-    async def go(api: Client) -> str:
-        wheels = wheels_of_index(await api.request("GET", "/dist/"), where=f"{config.server}/dist/")
-        token = node_token or await create_join_token(api, name)
+    def go(api: RestClient) -> str:
+        wheels = wheels_of_index(api.request("GET", "/dist/"), where=f"{config.server}/dist/")
+        token = node_token or create_join_token(api, name)
         return render_join_config(JoinRequest(
             machine=name, servers=joined, node_token=token, wheels=wheels, metadata=labels, address=ip,
             docker=docker_url, ca_pem=ca_pem,

@@ -9,10 +9,9 @@ import sys
 
 import click
 
-from controlplane.client import Client
-
 from .common import call
 from .config import connection_options
+from .rest import RestClient
 from .terminal import LogFilter
 
 
@@ -24,10 +23,10 @@ from .terminal import LogFilter
 def logs_command(instance: str, follow: bool, tail: int | None) -> None:
     """Print the output of INSTANCE's container."""
 
-    async def go(api: Client) -> None:
+    def go(api: RestClient) -> None:
         out = sys.stdout.buffer
         screen = LogFilter() if sys.stdout.isatty() else None
-        async for chunk in api.logs(instance, follow=follow, tail=tail):
+        for chunk in api.logs(instance, follow=follow, tail=tail):
             out.write(chunk if screen is None else screen.feed(chunk).encode())
             out.flush()
         if screen is not None:

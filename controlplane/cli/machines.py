@@ -17,12 +17,12 @@ from typing import Any
 
 import click
 
-from controlplane.client import Client
 from controlplane.errors import NotFound
 
 from .common import call, ref
 from .config import connection_options
 from .printers import format_table
+from .rest import RestClient
 from .terminal import echo
 
 
@@ -68,8 +68,8 @@ def list_units_table(instances: list[dict[str, Any]], machines: list[dict[str, A
 def list_machines_command() -> None:
     """The machines, in fleetctl's columns (MACHINE, IP, METADATA)."""
 
-    async def go(api: Client) -> str:
-        machines, _ = await api.list_all("machines")
+    def go(api: RestClient) -> str:
+        machines, _ = api.list_all("machines")
         return list_machines_table(machines)
 
     echo(call(go))
@@ -80,16 +80,16 @@ def list_machines_command() -> None:
 def list_units_command() -> None:
     """Every instance, in fleetctl's columns (UNIT, MACHINE, ACTIVE, SUB)."""
 
-    async def go(api: Client) -> str:
-        instances, _ = await api.list_all("instances")
-        machines, _ = await api.list_all("machines")
+    def go(api: RestClient) -> str:
+        instances, _ = api.list_all("instances")
+        machines, _ = api.list_all("machines")
         return list_units_table(instances, machines)
 
     echo(call(go))
 
 
-async def _set_unschedulable(api: Client, machine: str, value: bool) -> None:
-    await api.patch("machines", machine, {"spec": {"unschedulable": value}})
+def _set_unschedulable(api: RestClient, machine: str, value: bool) -> None:
+    api.patch("machines", machine, {"spec": {"unschedulable": value}})
 
 
 @click.command("cordon")
@@ -98,8 +98,8 @@ async def _set_unschedulable(api: Client, machine: str, value: bool) -> None:
 def cordon_command(machine: str) -> None:
     """Keep new instances off MACHINE (what runs there stays)."""
 
-    async def go(api: Client) -> None:
-        await _set_unschedulable(api, machine, True)
+    def go(api: RestClient) -> None:
+        _set_unschedulable(api, machine, True)
 
     call(go)
     echo(f"{ref('machines', machine)} cordoned")
@@ -111,8 +111,8 @@ def cordon_command(machine: str) -> None:
 def uncordon_command(machine: str) -> None:
     """Let the scheduler place instances on MACHINE again."""
 
-    async def go(api: Client) -> None:
-        await _set_unschedulable(api, machine, False)
+    def go(api: RestClient) -> None:
+        _set_unschedulable(api, machine, False)
 
     call(go)
     echo(f"{ref('machines', machine)} uncordoned")
@@ -124,14 +124,14 @@ def uncordon_command(machine: str) -> None:
 def drain_command(machine: str) -> None:
     """Cordon MACHINE and move its instances elsewhere (they are deleted and recreated)."""
 
-    async def go(api: Client) -> None:
-        await _set_unschedulable(api, machine, True)
+    def go(api: RestClient) -> None:
+        _set_unschedulable(api, machine, True)
         echo(f"{ref('machines', machine)} cordoned")
-        instances, _ = await api.list_all("instances", field_selector=f"spec.machine={machine}")
+        instances, _ = api.list_all("instances", field_selector=f"spec.machine={machine}")
         for inst in instances:
             name = (inst.get("metadata") or {}).get("name", "")
             try:
-                await api.delete("instances", name)
+                api.delete("instances", name)
             except NotFound:
                 continue  # gone already
             echo(f"{ref('instances', name)} evicted")

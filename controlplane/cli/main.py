@@ -1,40 +1,72 @@
-"""The ``cpctl`` entry point: the click group and the registration of every verb.
+"""The ``cpctl`` entry point: the click group and the table of every verb.
 
-Each verb lives in its own module; this one only wires them together, so ``cpctl --help``
-lists them in one place. ``python -m controlplane.cli.main`` runs it too (tests use that).
+Each verb lives in its own module; this one only names them, so ``cpctl --help`` lists them in
+one place. A verb's module is imported only when that verb runs (or for ``--help``): ``cpctl get``
+does not pay for what ``cpctl machine join-config`` or ``cpctl dev`` import, which keeps cpctl's
+start-up within a few times a bare Python's (bench/bench_cli_startup.py).
+``python -m controlplane.cli.main`` runs it too (tests use that).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
 from controlplane import __version__
 
-from .apply import apply_command
 from .config import connection_options
-from .create import create_group
-from .delete import delete_command
-from .describe import describe_command
-from .get import get_command
-from .join import machine_group
-from .logs import logs_command
-from .machines import (
-    cordon_command,
-    drain_command,
-    list_machines_command,
-    list_units_command,
-    uncordon_command,
-)
-from .run import run_command
-from .scale import scale_command
-from .version import version_command
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+# verb -> "module:attribute" of its click command or group (a new verb is one line here)
+COMMANDS: dict[str, str] = {
+    "run": "controlplane.cli.run:run_command",
+    "apply": "controlplane.cli.apply:apply_command",
+    "create": "controlplane.cli.create:create_group",
+    "get": "controlplane.cli.get:get_command",
+    "describe": "controlplane.cli.describe:describe_command",
+    "scale": "controlplane.cli.scale:scale_command",
+    "delete": "controlplane.cli.delete:delete_command",
+    "logs": "controlplane.cli.logs:logs_command",
+    "list-machines": "controlplane.cli.machines:list_machines_command",
+    "list-units": "controlplane.cli.machines:list_units_command",
+    "cordon": "controlplane.cli.machines:cordon_command",
+    "uncordon": "controlplane.cli.machines:uncordon_command",
+    "drain": "controlplane.cli.machines:drain_command",
+    "version": "controlplane.cli.version:version_command",
+    "machine": "controlplane.cli.join:machine_group",
+    "dev": "controlplane.cli.dev:dev",
+}
 
 
-@click.group(context_settings=CONTEXT)
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use, from ``lazy_commands``."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            self.add_command(load_command(self.lazy_commands[cmd_name]), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+def load_command(spec: str) -> click.Command:
+    """The click command named by ``"module:attribute"``."""
+    module_name, _, attribute = spec.partition(":")
+    command = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"{spec} is not a click command")
+    return command
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="cpctl", message="%(prog)s %(version)s")
 @connection_options
 def main() -> None:
@@ -45,32 +77,6 @@ def main() -> None:
     Exit codes: 0 success, 1 the server refused or failed, 2 usage error, 3 a wait missed its goal.
     """
 
-
-for command in (
-    run_command, apply_command, create_group, get_command, describe_command, scale_command, delete_command, logs_command,
-    list_machines_command, list_units_command, cordon_command, uncordon_command, drain_command, version_command,
-    machine_group,
-):
-    main.add_command(command)
-
-
-def _add_dev_commands() -> None:
-    """``cpctl dev up/down/status`` lives in its own module (another part of the project);
-    it is added when present, as a click command or group named ``dev``."""
-    for module_name in ("controlplane.cli.dev", "controlplane.dev"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue
-            raise
-        dev = getattr(module, "dev", None)
-        if isinstance(dev, click.Command):
-            main.add_command(dev, "dev")
-            return
-
-
-_add_dev_commands()
 
 if __name__ == "__main__":
     main(prog_name="cpctl")

@@ -1,7 +1,8 @@
 """Output formats of ``cpctl get`` and friends: table, wide, json, yaml and name.
 
 Pure functions of (resource, objects, now) so every column is unit-tested without a server.
-Tables are plain text padded kubectl-style (no rich), which keeps them greppable and cheap.
+Tables are plain text padded kubectl-style (no rich), which keeps them greppable and cheap; yaml
+is imported only to print YAML.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import yaml
 
 from controlplane.model import API_VERSION, DEFAULT_PROTOCOL
 
@@ -246,6 +245,8 @@ def table(resource: str, items: list[dict[str, Any]], *, wide: bool = False, now
 
 
 def dump_yaml(data: Any) -> str:
+    import yaml  # ~10 ms: only for -o yaml and describe
+
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     return str(yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False))
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from controlplane.client import Client
 from controlplane.model import API_VERSION, DEFAULT_PROTOCOL, DEFAULT_PROXY_PORT, RESTART_POLICIES, SPREADS
 
 from .common import call, ref
 from .config import connection_options
+from .rest import RestClient
 from .terminal import echo
 from .wait import wait_for_units
 
@@ -240,11 +240,11 @@ def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float,
     """Create unit NAME and (by default) wait until its instances are Running and ready."""
     unit = build_unit(name, command=command, **flags)
 
-    async def go(api: Client) -> None:
-        await api.create("units", unit)
+    def go(api: RestClient) -> None:
+        api.create("units", unit)
         echo(f"{ref('units', name)} created")
         if wait:
-            await wait_for_units(api, [name], timeout=timeout)
+            wait_for_units(api, [name], timeout=timeout)
 
     call(go)
 

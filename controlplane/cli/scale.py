@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from controlplane.client import Client
-
 from .common import call, ref
 from .config import connection_options
+from .rest import RestClient
 from .run import DEFAULT_TIMEOUT
 from .terminal import echo
 from .wait import wait_for_units
@@ -22,10 +21,10 @@ from .wait import wait_for_units
 def scale_command(name: str, replicas: int, wait: bool, timeout: float) -> None:
     """Set the number of copies of unit NAME."""
 
-    async def go(api: Client) -> None:
-        await api.put_scale(name, replicas)
+    def go(api: RestClient) -> None:
+        api.put_scale(name, replicas)
         echo(f"{ref('units', name)} scaled to {replicas}")
         if wait:
-            await wait_for_units(api, [name], timeout=timeout)
+            wait_for_units(api, [name], timeout=timeout)
 
     call(go)

@@ -7,7 +7,6 @@ import json
 import click
 
 from controlplane import __version__
-from controlplane.client import Client
 from controlplane.errors import CPError
 
 from .common import error_line, make_client
@@ -21,19 +20,13 @@ from .terminal import echo
 @connection_options
 def version_command(output: str) -> None:
     """Print the client and server versions (the server's only when reachable)."""
-    import asyncio
-
-    client = make_client()
-    server: dict[str, str] = {"server": client.server}
-
-    async def go(api: Client) -> None:
-        async with api:
-            try:
-                server["version"] = str((await api.version()).get("version") or "unknown")
-            except CPError as err:
-                server["error"] = error_line(err)
-
-    asyncio.run(go(client))
+    server: dict[str, str] = {}
+    with make_client() as api:
+        try:
+            server["version"] = str((api.version() or {}).get("version") or "unknown")
+        except CPError as err:
+            server["error"] = error_line(err)
+        server = {"server": api.server, **server}  # the one that answered
     data = {"client": {"version": __version__}, "server": server}
     if output == "json":
         echo(json.dumps(data, indent=2))
@@ -42,6 +35,6 @@ def version_command(output: str) -> None:
     else:
         echo(f"Client Version: {__version__}")
         if "version" in server:
-            echo(f"Server Version: {server['version']} ({client.server})")
+            echo(f"Server Version: {server['version']} ({server['server']})")
         else:
             echo(f"Server Version: unknown ({server['error']})")

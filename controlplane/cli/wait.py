@@ -2,28 +2,37 @@
 
 A unit is done when as many up-to-date instances as it wants are Running and ready (the
 desired count of a global unit is the instances that exist, once at least one does). The
-judgement is a pure function (``unit_progress``); the loop around it polls the API twice a
-second, which is cheap for one CLI and never misses a state. On a terminal the progress is
-drawn with rich (imported only here, only then); otherwise a plain line is printed each
-time it changes. A missed goal raises ``CLIError`` with exit 3 and names, per instance that
+judgement is a pure function (``unit_progress``); the loop around it polls the API over one
+keep-alive connection (two cached reads per unit), which is cheap for one CLI and never misses a
+state: often while a container is most likely to become ready (every 25 ms, for one unit, during
+the first 3 s), then every 0.1 s (``poll_interval``). On a terminal the progress is drawn with
+rich (imported only here, only then); otherwise a plain line is printed each time it changes. A missed goal raises ``CLIError`` with exit 3 and names, per instance that
 is not up, its phase and the scheduler's or agent's message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controlplane.client import Client
 from controlplane.errors import NotFound
 
 from .common import WaitTimeout, ref
+from .rest import RestClient
 from .terminal import echo, safe_text
 
-POLL_SECONDS = 0.1  # a poll is one cached read on the server: cheap
+POLL_SECONDS = 0.1  # a poll is two cached reads on the server per unit: cheap
+FAST_POLL_SECONDS = 0.025  # per unit waited for, at first: never above 80 reads/s (or the usual pace)
+FAST_POLL_FOR = 3.0  # seconds: a local container is usually ready by then
+
+
+def poll_interval(elapsed: float, units: int) -> float:
+    """Pure: the pause before the next poll, ``elapsed`` seconds into a wait for ``units`` units."""
+    if elapsed < FAST_POLL_FOR:
+        return min(POLL_SECONDS, FAST_POLL_SECONDS * max(1, units))
+    return POLL_SECONDS
 
 
 @dataclass
@@ -157,31 +166,33 @@ def make_display() -> Display:
     return RichDisplay() if sys.stdout.isatty() else PlainDisplay()
 
 
-async def unit_state(api: Client, name: str) -> UnitProgress:
+def unit_state(api: RestClient, name: str) -> UnitProgress:
     try:
-        unit = await api.get("units", name)
+        unit = api.get("units", name)
     except NotFound:
         return UnitProgress(name=name, desired=0, ready=0, done=False, missing=True)
-    instances, _ = await api.list_all("instances", field_selector=f"spec.unit={name}")
+    instances, _ = api.list_all("instances", field_selector=f"spec.unit={name}")
     return unit_progress(unit, instances)
 
 
-async def wait_for_units(api: Client, names: list[str], *, timeout: float, display: Display | None = None) -> None:
+def wait_for_units(api: RestClient, names: list[str], *, timeout: float, display: Display | None = None) -> None:
     """Return when every unit in ``names`` is done; raise CLIError (exit 3) after ``timeout``."""
     if not names:
         return
     display = display or make_display()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     progress: list[UnitProgress] = []
     try:
         while True:
-            progress = [await unit_state(api, name) for name in names]
+            progress = [unit_state(api, name) for name in names]
             display.update(progress)
             if all(p.done for p in progress):
                 return
             if time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            now = time.monotonic()
+            time.sleep(min(poll_interval(now - started, len(names)), max(0.0, deadline - now)))
     finally:
         display.close()
     undone = [p for p in progress if not p.done]
@@ -191,22 +202,22 @@ async def wait_for_units(api: Client, names: list[str], *, timeout: float, displ
     )
 
 
-async def wait_for_deletion(api: Client, resource: str, name: str, *, timeout: float) -> None:
+def wait_for_deletion(api: RestClient, resource: str, name: str, *, timeout: float) -> None:
     """Until the object is gone and, for a unit, its instances too; exit 3 after ``timeout``."""
     deadline = time.monotonic() + timeout
     left: list[str] = []
     while True:
         left = []
         try:
-            await api.get(resource, name)
+            api.get(resource, name)
             left.append(ref(resource, name))
         except NotFound:
             pass
         if resource == "units":
-            instances, _ = await api.list_all("instances", field_selector=f"spec.unit={name}")
+            instances, _ = api.list_all("instances", field_selector=f"spec.unit={name}")
             left += [ref("instances", (i.get("metadata") or {}).get("name", "")) for i in instances]
         if not left or time.monotonic() >= deadline:
             break
-        await asyncio.sleep(POLL_SECONDS)
+        time.sleep(POLL_SECONDS)
     if left:
         raise WaitTimeout(f"timed out after {timeout:g}s waiting for the deletion of {', '.join(left)}")
