@@ -1,8 +1,9 @@
 """Failover between etcd endpoints, which aetcd (one host per client) lacks.
 
 ``EndpointPool`` keeps one aetcd client per endpoint and the index of the one in use. When
-that endpoint stops answering (gRPC UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED, or aetcd's
-connection errors), ``call`` moves to the next one and runs the operation again, telling it
+that endpoint stops answering (gRPC UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED, aetcd's
+connection errors, or etcd saying the member has no leader: "no leader", "request timed out"),
+``call`` moves to the next one and runs the operation again, telling it
 that it is a retry (``EtcdStore`` uses that to recognise its own earlier write); once every
 endpoint has been tried and ``timeout`` seconds have passed, it raises ``StoreUnavailable``.
 ``watch`` does the same for a stream: it resumes from the last delivered revision + 1 on the
@@ -50,6 +51,16 @@ _RETRYABLE_CODES = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
 }
+
+# What a member without a leader (cut off from its peers, or amid an election) answers, under any
+# gRPC code: the request did not go through there, another member may take it. A write refused
+# so may still have been applied; create/update recognise their own earlier attempt (etcd.py).
+_NO_LEADER_MESSAGES = (
+    "etcdserver: no leader",
+    "etcdserver: request timed out",
+    "etcdserver: leader changed",
+    "context deadline exceeded",
+)
 
 # Keepalive pings notice a silently dead peer; short reconnect backoff lets a restarted
 # member serve again soon. etcd refuses pings more often than every 5 s.
@@ -104,11 +115,18 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     err = rpc_error(exc)
     if err is not None:
-        return err.code() in _RETRYABLE_CODES
+        return err.code() in _RETRYABLE_CODES or is_leaderless(err.details() or "")
+    if is_leaderless(str(exc)):
+        return True
     # aetcd wraps a raw AioRpcError delivered to a watch as ClientError(str(error)).
     return isinstance(exc, aetcd.ClientError) and any(
         code.name in str(exc) for code in _RETRYABLE_CODES
     )
+
+
+def is_leaderless(text: str) -> bool:
+    """etcd's answer says the member had no leader or timed out waiting for one (see _NO_LEADER_MESSAGES)."""
+    return any(message in text for message in _NO_LEADER_MESSAGES)
 
 
 def is_not_found(exc: BaseException) -> bool:

@@ -37,6 +37,15 @@ def test_connection_trouble_is_retryable_and_answers_are_not() -> None:
     assert not is_retryable(ValueError("no"))
 
 
+@pytest.mark.parametrize("details", [
+    "etcdserver: no leader", "etcdserver: request timed out", "context deadline exceeded",
+    "etcdserver: leader changed",
+])
+def test_a_member_without_a_leader_is_retryable(details: str) -> None:
+    # etcd answers so (UNAVAILABLE, or UNKNOWN for its own deadline) on a member cut off from its peers
+    assert is_retryable(aetcd.ClientError(details))
+
+
 def test_a_pool_needs_an_endpoint() -> None:
     with pytest.raises(ValueError, match="at least one"):
         EndpointPool([], timeout=1)
