@@ -105,6 +105,11 @@ class ApiWatch:
         except BaseException as exc:  # reported by the test through .error
             self.error = exc
 
+    def ended(self, *, timeout: float) -> bool:
+        """True once the stream has ended (the server closed it, or it failed: see ``error``)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def names(self, event_type: str = "ADDED") -> set[str]:
         return {name for kind, name, _ in list(self.events) if kind == event_type}
 
