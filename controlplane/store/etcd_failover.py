@@ -14,7 +14,8 @@ clients are ``SecureClient``s with the pool's ``EtcdAccess``. When etcd says our
 stale, ``call`` and ``watch`` log in again and repeat the request (transparently, a few times at
 most). A TLS handshake failure still moves to the next endpoint, but once every endpoint has
 failed that way the pool gives up at once (no retry cures a wrong CA); a refusal (wrong password,
-permission denied) is ``EtcdAccessDenied`` right away. Every message names the endpoint and what
+permission denied) is ``EtcdAccessDenied`` right away. etcd's NOSPACE alarm ("mvcc: database space
+exceeded") holds on every member, so it is ``InsufficientStorage`` (507) at once, saying what to do. Every message names the endpoint and what
 to check, on one line, and never holds the password.
 """
 
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 import aetcd
 import grpc
 
-from controlplane.errors import Gone, RequestEntityTooLarge, StoreUnavailable
+from controlplane.errors import Gone, InsufficientStorage, RequestEntityTooLarge, StoreUnavailable
 from controlplane.store.etcd_access import (
     EtcdAccess,
     StoreConfigError,
@@ -142,6 +143,15 @@ def is_too_large(exc: BaseException) -> bool:
     return "request is too large" in text or "larger than max" in text
 
 
+def is_no_space(exc: BaseException) -> bool:
+    """etcd's NOSPACE alarm is raised: every member refuses writes ("mvcc: database space exceeded")."""
+    return "database space exceeded" in str(exc) or "database space exceeded" in _details(exc)[1]
+
+
+NO_SPACE_HELP = ("etcd's space quota is exhausted, so it refuses writes (reads still work): "
+                 "compact and defragment etcd, then clear its NOSPACE alarm with `etcdctl alarm disarm`")
+
+
 def describe(exc: BaseException) -> str:
     err = rpc_error(exc)
     if err is not None:
@@ -205,6 +215,8 @@ class EndpointPool:
         answer: try the next one"."""
         if is_too_large(exc):
             raise RequestEntityTooLarge(f"etcd refused the write: {describe(exc)}") from exc
+        if is_no_space(exc):
+            raise InsufficientStorage(f"{NO_SPACE_HELP} (etcd at {self.endpoint_url(index)}: {describe(exc)})") from exc
         if is_retryable(exc):
             return
         code, details = _details(exc)
