@@ -14,7 +14,8 @@ killed leader is replaced in about a second, and leases may be as short as 1 s.
 TLS and auth: ``EtcdServer(tls=pki)`` (a tests/tls_helper.Pki) serves https:// with
 ``--client-cert-auth`` (clients need a certificate signed by ``pki.ca``); ``extra_args`` go to
 every member's command line (``["--auth-token-ttl", "2"]``); ``etcdctl(...)`` runs etcdctl
-against the members (as ``user`` when given, e.g. "root:PW").
+against the members (as ``user`` when given, e.g. "root:PW"). ``run_as={0: uid}`` runs member 0
+as that uid (setpriv), so a fault test can cut its own connections off (tests/faults/partition.py).
 """
 
 from __future__ import annotations
