@@ -4,19 +4,19 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := etcd-server etcd-client docker.io nginx openssh-server busybox-static iproute2 curl mmdebstrap
+APT_PACKAGES := etcd-server etcd-client docker.io nginx openssh-server busybox-static iproute2 iptables curl mmdebstrap
 STAMP := $(VENV)/.installed
 # what cp-apiserver serves at /dist/ (its default --wheelhouse): wheels and the proxy image tarball
 WHEELHOUSE := build/wheelhouse
 PROXY_IMAGE := local/nginx:latest
 
-.PHONY: deps system venv dockerd images wheelhouse test lint unit demo demo-down bench spec clean
+.PHONY: deps system venv dockerd images wheelhouse test lint unit faults demo demo-down bench spec clean
 
 deps: system venv dockerd
 
 system:
 	@missing=""; \
-	for pair in etcd:etcd-server etcdctl:etcd-client dockerd:docker.io nginx:nginx sshd:openssh-server busybox:busybox-static ip:iproute2 curl:curl mmdebstrap:mmdebstrap; do \
+	for pair in etcd:etcd-server etcdctl:etcd-client dockerd:docker.io nginx:nginx sshd:openssh-server busybox:busybox-static ip:iproute2 iptables:iptables curl:curl mmdebstrap:mmdebstrap; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  if ! command -v $$cmd >/dev/null 2>&1 && [ ! -x /usr/sbin/$$cmd ] && [ ! -x /usr/bin/$$cmd ] && [ ! -x /bin/$$cmd ]; then missing="$$missing $$pkg"; fi; \
 	done; \
@@ -63,6 +63,11 @@ test: deps images wheelhouse lint
 
 unit: venv
 	$(BIN)/python -m pytest -q tests/unit
+
+# real etcd and cp-apiserver processes cut apart with iptables on loopback (root; skipped otherwise).
+# `make test` runs them too (tests/ holds tests/faults); this runs them alone.
+faults: deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 spec: venv
 	$(BIN)/python -m controlplane.api.openapi > api-spec/openapi.yaml

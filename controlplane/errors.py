@@ -135,12 +135,19 @@ class StoreUnavailable(ServiceUnavailable):
     """The store (etcd) cannot be reached; the API answers 503."""
 
 
+class InsufficientStorage(CPError):
+    """etcd's space quota is exhausted (its NOSPACE alarm): writes are refused until an operator
+    compacts, defragments and disarms it; reads still work. 507, never retried elsewhere."""
+
+    code, reason = 507, "InsufficientStorage"
+
+
 BY_REASON: dict[str, type[CPError]] = {
     cls.reason: cls
     for cls in (
         BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, AlreadyExists, Conflict, Gone,
         RequestEntityTooLarge, UnsupportedMediaType, Invalid, TooManyRequests, InternalError, BadGateway,
-        ServiceUnavailable,
+        ServiceUnavailable, InsufficientStorage,
     )
 }
 

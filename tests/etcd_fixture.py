@@ -14,7 +14,8 @@ killed leader is replaced in about a second, and leases may be as short as 1 s.
 TLS and auth: ``EtcdServer(tls=pki)`` (a tests/tls_helper.Pki) serves https:// with
 ``--client-cert-auth`` (clients need a certificate signed by ``pki.ca``); ``extra_args`` go to
 every member's command line (``["--auth-token-ttl", "2"]``); ``etcdctl(...)`` runs etcdctl
-against the members (as ``user`` when given, e.g. "root:PW").
+against the members (as ``user`` when given, e.g. "root:PW"). ``run_as={0: uid}`` runs member 0
+as that uid (setpriv), so a fault test can cut its own connections off (tests/faults/partition.py).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class _Member:
         self.data_dir = base / name
         self.log_path = base / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.run_as: int | None = None  # a uid: fault tests cut this member off by it (tests/faults)
 
     @property
     def client_url(self) -> str:
@@ -101,9 +103,18 @@ class _Member:
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 -- handed to the child process
         try:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen([*self.as_user(), *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             log.close()
+
+    def as_user(self) -> list[str]:
+        """The setpriv prefix that runs this member as ``run_as``, with a data dir it owns; [] for root."""
+        if self.run_as is None:
+            return []
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chown(self.data_dir, self.run_as, self.run_as)
+        os.chmod(self.data_dir.parent, 0o711)
+        return ["setpriv", f"--reuid={self.run_as}", f"--regid={self.run_as}", "--clear-groups"]
 
     def tls_args(self) -> list[str]:
         if self.tls is None:
@@ -132,7 +143,7 @@ class EtcdCluster:
 
     def __init__(
         self, n: int = 3, *, startup_timeout: float = 20.0, tls: Pki | None = None,
-        extra_args: list[str] | None = None,
+        extra_args: list[str] | None = None, run_as: dict[int, int] | None = None,
     ) -> None:
         self.n = n
         self.startup_timeout = startup_timeout
@@ -140,6 +151,8 @@ class EtcdCluster:
         self._tmp = Path(tempfile.mkdtemp(prefix="cp-etcd-"))
         self._token = f"cp-test-{os.getpid()}-{time.monotonic_ns()}"
         self.members = [_Member(f"m{i}", self._tmp, tls=tls, extra_args=extra_args) for i in range(n)]
+        for index, uid in (run_as or {}).items():  # member index -> the uid it runs as
+            self.members[index].run_as = uid
         self._initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property

@@ -56,6 +56,8 @@ ERRORS = {
            "256 KiB as stored)",
     "502": "BadGateway: the machine's agent answered something other than the log",
     "503": "ServiceUnavailable: etcd is unreachable",
+    "507": "InsufficientStorage: etcd's space quota is exhausted (its NOSPACE alarm); writes are refused until "
+           "an operator compacts, defragments and disarms it",
 }
 
 
@@ -148,7 +150,7 @@ def _paths(spec: APISpec) -> None:
                 "operationId": f"create{kind}", "summary": f"Create a {kind}",
                 "requestBody": {"required": True, "content": _json(kind)},
                 "responses": {"201": {"description": "created", "content": _json(kind)},
-                              **_error_responses("400", "401", "403", "409", "413", "415", "422", "503")},
+                              **_error_responses("400", "401", "403", "409", "413", "415", "422", "503", "507")},
             },
         })
         item = f"{base}/{{name}}"
@@ -162,13 +164,13 @@ def _paths(spec: APISpec) -> None:
                     "summary": f"Replace a {kind} (status is ignored; a stale metadata.resourceVersion is 409)",
                     "requestBody": {"required": True, "content": _json(kind)},
                     "responses": {"200": {"description": "replaced", "content": _json(kind)},
-                                  **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
+                                  **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503", "507")}},
             "patch": {"operationId": f"patch{kind}", "summary": f"Merge-patch a {kind} (RFC 7386)",
                       "requestBody": {"required": True, "content": {"application/merge-patch+json": {
                           "schema": {"type": "object", "additionalProperties": {"$ref": JSON_VALUE}}}}},
                       "responses": {"200": {"description": "patched", "content": _json(kind)},
                                     **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
-                                                       "503")}},
+                                                       "503", "507")}},
             "delete": {"operationId": f"delete{kind}", "summary": f"Delete a {kind}",
                        "responses": {"200": {"description": "the deleted object", "content": _json(kind)},
                                      **_error_responses("401", "403", "404", "503")}},
@@ -185,7 +187,7 @@ def _paths(spec: APISpec) -> None:
                         "requestBody": {"required": True, "content": _json(f"{kind}StatusWrite")},
                         "responses": {"200": {"description": "updated", "content": _json(kind)},
                                       **_error_responses("400", "401", "403", "404", "409", "413", "415", "422",
-                                                         "503")}},
+                                                         "503", "507")}},
             })
     _subresource_paths(spec)
     _probe_paths(spec)
@@ -200,7 +202,7 @@ def _subresource_paths(spec: APISpec) -> None:
         "put": {"operationId": "replaceUnitScale", "summary": "Set a unit's replicas",
                 "requestBody": {"required": True, "content": _json("Scale")},
                 "responses": {"200": {"description": "the new scale", "content": _json("Scale")},
-                              **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503")}},
+                              **_error_responses("400", "401", "403", "404", "409", "413", "415", "422", "503", "507")}},
     })
     _path(spec, path="/api/v1/machines/{name}/heartbeat", operations={
         "parameters": [NAME_PARAM],
@@ -225,7 +227,7 @@ def _subresource_paths(spec: APISpec) -> None:
                          "lease": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                          "logSigningKeys": {"type": "array", "items": {"type": "string"},
                                             "description": "base64 Ed25519 public keys of log tickets"}}}}}},
-                     **_error_responses("400", "401", "403", "413", "415", "422", "503")}},
+                     **_error_responses("400", "401", "403", "413", "415", "422", "503", "507")}},
     })
     _path(spec, path="/api/v1/instances/{name}/log", operations={
         "parameters": [NAME_PARAM,

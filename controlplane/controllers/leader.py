@@ -4,6 +4,12 @@ Campaign: grant a lease, create the key ``leader`` attached to it (create only i
 The winner keeps the lease alive (LeaseKeeper) and leads until the lease is lost; the others
 watch the key and campaign again the moment it is deleted, which etcd does by itself when the
 leader dies and its lease expires -- so a kill -9'd leader is replaced within the lease TTL.
+
+A leader cut off from etcd steps down on its own before its lease can expire there: the keeper
+gives the lease up when no refresh has been confirmed for half a TTL (store/lease.py), so the
+leader stops its controllers while etcd still holds the key for it, and its successor, which
+can only win once the lease has expired, never leads at the same time. On shutdown the lease
+is revoked (bounded by the keeper's ``revoke_timeout``) so a successor need not wait the TTL.
 """
 
 from __future__ import annotations

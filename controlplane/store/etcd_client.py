@@ -8,6 +8,13 @@ without use (300 by default), after which every request fails with "invalid auth
 token on the same channel; ``EndpointPool`` calls it when etcd says the token is stale and then
 repeats the request.
 
+Every request, watch streams and lease keepalives included, carries the gRPC metadata
+``hasleader: true`` (``REQUIRE_LEADER``): etcd then refuses it with "etcdserver: no leader"
+(UNAVAILABLE) on a member that has no leader -- one cut off from its peers -- and cancels the
+watches of a stream whose member has been without a leader for three election timeouts. Without
+it such a member keeps a watch open that never delivers again, and proposals through it only
+time out; with it, ``EndpointPool`` moves on to a healthy member at once.
+
 Watches need care: a watch stream carries the token it was opened with, and etcd checks it on
 every watch created on the stream. After a new token, new watches go to a new stream (existing
 ones keep running on theirs). aetcd also takes a watch that etcd creates and cancels at once
@@ -29,6 +36,10 @@ from aetcd import watcher as aetcd_watcher
 from controlplane.store.etcd_access import EtcdAccess
 
 log = logging.getLogger("controlplane.store.etcd")
+
+
+# etcd's rpctypes.MetadataRequireLeaderKey / MetadataHasLeader
+REQUIRE_LEADER: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
 
 
 class WatchRefused(aetcd.ClientError):
@@ -87,6 +98,7 @@ class SecureClient(aetcd.Client):
         self._is_connecting = True
         try:
             self.channel = self._open_channel()
+            self.metadata = REQUIRE_LEADER
             if self._access.user is not None:
                 await self._authenticate()
             self.kvstub = rpc.KVStub(self.channel)
@@ -107,7 +119,7 @@ class SecureClient(aetcd.Client):
     async def _authenticate(self) -> None:
         request = rpc.AuthenticateRequest(name=self._access.user, password=self._access.password)
         reply = await rpc.AuthStub(self.channel).Authenticate(request, timeout=self._timeout)
-        self.metadata = (("token", reply.token),)
+        self.metadata = (("token", reply.token), *REQUIRE_LEADER)
         self.auth_generation += 1
 
     def _new_watcher(self) -> _Watcher:

@@ -1,8 +1,9 @@
 """Failover between etcd endpoints, which aetcd (one host per client) lacks.
 
 ``EndpointPool`` keeps one aetcd client per endpoint and the index of the one in use. When
-that endpoint stops answering (gRPC UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED, or aetcd's
-connection errors), ``call`` moves to the next one and runs the operation again, telling it
+that endpoint stops answering (gRPC UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED, aetcd's
+connection errors, or etcd saying the member has no leader: "no leader", "request timed out"),
+``call`` moves to the next one and runs the operation again, telling it
 that it is a retry (``EtcdStore`` uses that to recognise its own earlier write); once every
 endpoint has been tried and ``timeout`` seconds have passed, it raises ``StoreUnavailable``.
 ``watch`` does the same for a stream: it resumes from the last delivered revision + 1 on the
@@ -13,7 +14,8 @@ clients are ``SecureClient``s with the pool's ``EtcdAccess``. When etcd says our
 stale, ``call`` and ``watch`` log in again and repeat the request (transparently, a few times at
 most). A TLS handshake failure still moves to the next endpoint, but once every endpoint has
 failed that way the pool gives up at once (no retry cures a wrong CA); a refusal (wrong password,
-permission denied) is ``EtcdAccessDenied`` right away. Every message names the endpoint and what
+permission denied) is ``EtcdAccessDenied`` right away. etcd's NOSPACE alarm ("mvcc: database space
+exceeded") holds on every member, so it is ``InsufficientStorage`` (507) at once, saying what to do. Every message names the endpoint and what
 to check, on one line, and never holds the password.
 """
 
@@ -29,7 +31,7 @@ from urllib.parse import urlsplit
 import aetcd
 import grpc
 
-from controlplane.errors import Gone, RequestEntityTooLarge, StoreUnavailable
+from controlplane.errors import Gone, InsufficientStorage, RequestEntityTooLarge, StoreUnavailable
 from controlplane.store.etcd_access import (
     EtcdAccess,
     StoreConfigError,
@@ -50,6 +52,16 @@ _RETRYABLE_CODES = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
 }
+
+# What a member without a leader (cut off from its peers, or amid an election) answers, under any
+# gRPC code: the request did not go through there, another member may take it. A write refused
+# so may still have been applied; create/update recognise their own earlier attempt (etcd.py).
+_NO_LEADER_MESSAGES = (
+    "etcdserver: no leader",
+    "etcdserver: request timed out",
+    "etcdserver: leader changed",
+    "context deadline exceeded",
+)
 
 # Keepalive pings notice a silently dead peer; short reconnect backoff lets a restarted
 # member serve again soon. etcd refuses pings more often than every 5 s.
@@ -104,11 +116,18 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     err = rpc_error(exc)
     if err is not None:
-        return err.code() in _RETRYABLE_CODES
+        return err.code() in _RETRYABLE_CODES or is_leaderless(err.details() or "")
+    if is_leaderless(str(exc)):
+        return True
     # aetcd wraps a raw AioRpcError delivered to a watch as ClientError(str(error)).
     return isinstance(exc, aetcd.ClientError) and any(
         code.name in str(exc) for code in _RETRYABLE_CODES
     )
+
+
+def is_leaderless(text: str) -> bool:
+    """etcd's answer says the member had no leader or timed out waiting for one (see _NO_LEADER_MESSAGES)."""
+    return any(message in text for message in _NO_LEADER_MESSAGES)
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -122,6 +141,15 @@ def is_too_large(exc: BaseException) -> bool:
     """etcd (or gRPC before it) refused a request for its size: no other endpoint takes it either."""
     text = str(exc)
     return "request is too large" in text or "larger than max" in text
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """etcd's NOSPACE alarm is raised: every member refuses writes ("mvcc: database space exceeded")."""
+    return "database space exceeded" in str(exc) or "database space exceeded" in _details(exc)[1]
+
+
+NO_SPACE_HELP = ("etcd's space quota is exhausted, so it refuses writes (reads still work): "
+                 "compact and defragment etcd, then clear its NOSPACE alarm with `etcdctl alarm disarm`")
 
 
 def describe(exc: BaseException) -> str:
@@ -187,6 +215,8 @@ class EndpointPool:
         answer: try the next one"."""
         if is_too_large(exc):
             raise RequestEntityTooLarge(f"etcd refused the write: {describe(exc)}") from exc
+        if is_no_space(exc):
+            raise InsufficientStorage(f"{NO_SPACE_HELP} (etcd at {self.endpoint_url(index)}: {describe(exc)})") from exc
         if is_retryable(exc):
             return
         code, details = _details(exc)

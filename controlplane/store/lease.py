@@ -8,11 +8,16 @@ Store, so the memory store's tests exercise the same code.
         await store.put("leader", b"me", lease=keeper.lease_id)
         await keeper.lost.wait()                          # set when the lease is gone
 
-The keeper refreshes every ``ttl / 3`` seconds. The lease counts as lost when a refresh
-says it no longer exists (NotFound), or when no refresh has succeeded for a whole TTL
-(the store was unreachable: etcd has expired the lease by now or is about to). It then
-stops refreshing, sets ``lost`` and calls ``on_lost`` once. On exit the task is cancelled
-and, with ``revoke_on_exit`` (the default), the lease is revoked so its keys go at once.
+The keeper refreshes every ``ttl / 6`` seconds. The lease counts as lost when a refresh says
+it no longer exists (NotFound), or when no refresh has been confirmed for ``ttl / 2`` seconds
+(``step_down_after``), measured from when the last confirmed refresh was *sent*: etcd restarts
+the TTL no earlier than that, so the lease cannot expire there -- and no other server can be
+granted the key it holds -- before this keeper has given it up, with half a TTL to spare for
+stopping whatever the lease guards. A refresh that hangs (etcd unreachable, packets dropped) is
+abandoned at that deadline; it never delays the verdict. The keeper then stops refreshing, sets
+``lost`` and calls ``on_lost`` once. On exit the task is cancelled and, with ``revoke_on_exit``
+(the default), the lease is revoked so its keys go at once -- within ``revoke_timeout`` seconds,
+else it is left to expire (an exit never waits on an unreachable etcd).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Refreshes one lease every ttl/3 until stopped or lost (see the module docstring)."""
+    """Refreshes one lease every ttl/6 until stopped or lost (see the module docstring)."""
 
     def __init__(
         self,
@@ -40,41 +45,51 @@ class LeaseKeeper:
         ttl: int,
         lease_id: int | None = None,
         interval: float | None = None,
+        step_down_after: float | None = None,
         on_lost: Callable[[], None] | None = None,
         revoke_on_exit: bool = True,
+        revoke_timeout: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.lease_id = lease_id or 0
-        self.interval = interval if interval is not None else max(ttl / 3, 0.05)
+        self.interval = interval if interval is not None else max(ttl / 6, 0.05)
+        self.step_down_after = step_down_after if step_down_after is not None else ttl / 2
         self.on_lost = on_lost
         self.revoke_on_exit = revoke_on_exit
+        self.revoke_timeout = revoke_timeout
         self.lost = asyncio.Event()
-        self.last_refresh = 0.0
+        self.gone = False  # etcd said the lease no longer exists (nothing left to revoke)
+        self.last_refresh = 0.0  # when the last confirmed refresh (or the grant) was sent
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Grant the lease if none was given, start refreshing; returns the lease id."""
+        asked = self._clock()
         if not self.lease_id:
             self.lease_id = await self.store.grant_lease(self.ttl)
-        self.last_refresh = self._clock()
+        self.last_refresh = asked
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"lease-keeper-{self.lease_id:x}"
         )
         return self.lease_id
 
     async def stop(self, *, revoke: bool | None = None) -> None:
-        """Stop refreshing; revoke the lease too (default: ``revoke_on_exit``) unless it is lost."""
+        """Stop refreshing; revoke the lease too (default: ``revoke_on_exit``) unless it is gone."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if (self.revoke_on_exit if revoke is None else revoke) and self.lease_id and not self.lost.is_set():
-            with contextlib.suppress(NotFound, StoreUnavailable):
-                await self.store.revoke_lease(self.lease_id)
+        if (self.revoke_on_exit if revoke is None else revoke) and self.lease_id and not self.gone:
+            try:
+                async with asyncio.timeout(self.revoke_timeout):
+                    await self.store.revoke_lease(self.lease_id)
+            except (NotFound, StoreUnavailable, TimeoutError) as exc:
+                log.info("lease %x not revoked (%s); it expires within %d s", self.lease_id,
+                         type(exc).__name__, self.ttl)
 
     async def __aenter__(self) -> LeaseKeeper:
         await self.start()
@@ -99,22 +114,23 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            deadline = self.last_refresh + self.step_down_after
+            await asyncio.sleep(max(0.0, min(self.interval, deadline - self._clock())))
+            if self._clock() >= deadline:
+                self._mark_lost(f"no refresh confirmed for {self.step_down_after:g} s")
+                return
+            sent = self._clock()
             try:
-                await self.store.refresh_lease(self.lease_id)
+                async with asyncio.timeout(deadline - sent):
+                    await self.store.refresh_lease(self.lease_id)
             except NotFound:
+                self.gone = True
                 self._mark_lost("it expired or was revoked")
                 return
-            except StoreUnavailable as exc:
-                if self._clock() - self.last_refresh >= self.ttl:
-                    self._mark_lost(f"no refresh for {self.ttl} s: {exc}")
-                    return
-                log.info("refreshing lease %x failed, will retry: %s", self.lease_id, exc)
+            except (StoreUnavailable, TimeoutError) as exc:  # retried until the deadline
+                log.info("refreshing lease %x failed, will retry: %s", self.lease_id, exc or "no answer")
                 continue
-            except Exception as exc:  # keep going: one odd error must not drop leadership
+            except Exception:  # keep going: one odd error must not drop leadership before the deadline
                 log.exception("refreshing lease %x failed", self.lease_id)
-                if self._clock() - self.last_refresh >= self.ttl:
-                    self._mark_lost(f"no refresh for {self.ttl} s: {exc!r}")
-                    return
                 continue
-            self.last_refresh = self._clock()
+            self.last_refresh = sent

@@ -9,7 +9,7 @@ from typing import Any
 import aetcd
 import pytest
 
-from controlplane.errors import StoreUnavailable
+from controlplane.errors import InsufficientStorage, StoreUnavailable
 from controlplane.store.etcd_failover import EndpointPool, is_retryable, parse_endpoint
 
 
@@ -35,6 +35,15 @@ def test_connection_trouble_is_retryable_and_answers_are_not() -> None:
     assert is_retryable(aetcd.ClientError("<AioRpcError: StatusCode.UNAVAILABLE ...>"))
     assert not is_retryable(aetcd.ClientError("etcdserver: requested lease not found"))
     assert not is_retryable(ValueError("no"))
+
+
+@pytest.mark.parametrize("details", [
+    "etcdserver: no leader", "etcdserver: request timed out", "context deadline exceeded",
+    "etcdserver: leader changed",
+])
+def test_a_member_without_a_leader_is_retryable(details: str) -> None:
+    # etcd answers so (UNAVAILABLE, or UNKNOWN for its own deadline) on a member cut off from its peers
+    assert is_retryable(aetcd.ClientError(details))
 
 
 def test_a_pool_needs_an_endpoint() -> None:
@@ -91,5 +100,22 @@ async def test_an_answer_is_not_retried() -> None:
         with pytest.raises(KeyError):
             await pool.call(op)
         assert pool.current == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_full_etcd_is_insufficient_storage_at_once() -> None:
+    pool = EndpointPool(["127.0.0.1:1", "127.0.0.1:2"], timeout=5)
+    attempts = 0
+
+    async def op(client: aetcd.Client, retrying: bool) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise aetcd.ClientError("etcdserver: mvcc: database space exceeded")
+
+    try:
+        with pytest.raises(InsufficientStorage, match="space quota is exhausted.*alarm disarm") as caught:
+            await pool.call(op)
+        assert caught.value.code == 507 and attempts == 1 and pool.current == 0  # every member is as full
     finally:
         await pool.close()
