@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -85,13 +86,19 @@ def _truthy(value: str | None) -> bool:
 
 async def list_objects(request: web.Request) -> web.StreamResponse:
     resource, kind = resource_of(request)
+    return await serve_list(request, resource, kind)
+
+
+async def serve_list(request: web.Request, resource: str, kind: str, *,
+                     present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> web.StreamResponse:
+    """A list or watch of ``resource``; ``present``, when given, is what the caller sees of each item."""
     verb = "watch" if _truthy(_query(request, "watch")) else "list"
     authorize(user_of(request), verb, resource)
     for name in LIST_QUERY:
         _query(request, name)  # none of them twice
     label_selector, field_selector = _selector_param(request, "labelSelector"), _selector_param(request, "fieldSelector")
     if verb == "watch":
-        return await serve_watch(request, resource)
+        return await serve_watch(request, resource, present=present)
     items, revision, token = request.app[REGISTRY].list(
         resource,
         label_selector=label_selector,
@@ -102,6 +109,8 @@ async def list_objects(request: web.Request) -> web.StreamResponse:
     metadata: dict[str, Any] = {"resourceVersion": str(revision)}
     if token:
         metadata["continue"] = token
+    if present is not None:
+        items = [present(item) for item in items]
     return json_response({"kind": f"{kind}List", "apiVersion": API_VERSION, "metadata": metadata, "items": items})
 
 

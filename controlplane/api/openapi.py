@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
 from controlplane.api.objects import FIELD_SELECTOR_PATTERN, LABEL_SELECTOR_PATTERN
+from controlplane.api.openapi_tokens import token_paths, token_schemas
 from controlplane.model import HAS_STATUS, MAX_OBJECT_BYTES, MAX_SAFE_INTEGER, RESOURCES, SECRET_MAX_BYTES
 from controlplane.schema_errors import StatusSchema
 from controlplane.schemas import SCHEMAS, ScaleSchema
@@ -42,6 +43,7 @@ ERRORS = {
     "401": "Unauthorized: missing or unknown bearer token",
     "403": "Forbidden: the token's role does not allow this",
     "404": "NotFound",
+    "405": "MethodNotAllowed (the Allow header names the methods served)",
     "409": "AlreadyExists or Conflict (stale resourceVersion)",
     "413": "RequestEntityTooLarge: the body is over 256 KiB",
     "415": "UnsupportedMediaType",
@@ -122,6 +124,8 @@ def _path(spec: APISpec, *, path: str, operations: dict[str, Any]) -> None:
 
 def _paths(spec: APISpec) -> None:
     for resource, kind in RESOURCES.items():
+        if resource == "tokens":  # no PUT or PATCH, a value in the create's answer: openapi_tokens.py
+            continue
         base = f"/api/v1/{resource}"
         _path(spec, path=base, operations={
             "get": {
@@ -175,6 +179,8 @@ def _paths(spec: APISpec) -> None:
                                                          "503")}},
             })
     _subresource_paths(spec)
+    token_paths(spec, path=_path, errors=_error_responses, content=_json, name_param=NAME_PARAM,
+                list_params=LIST_PARAMS, watch_note=WATCH_NOTE)
     _probe_paths(spec)
 
 
@@ -259,6 +265,7 @@ def _document() -> dict[str, Any]:
     schemas = doc["components"]["schemas"]
     _key_rules(schemas)
     _cross_field_rules(schemas)
+    token_schemas(schemas)
     for kind in sorted(HAS_STATUS):  # a status write: like the object, but its spec may be left out
         schemas[f"{kind}StatusWrite"] = {**copy.deepcopy(schemas[kind]), "required": ["metadata"]}
     schemas["JsonValue"] = {"anyOf": [  # any JSON, with every number in the server's range

@@ -28,6 +28,7 @@ from .machines import (
 )
 from .run import run_command
 from .scale import scale_command
+from .tokens import token_group
 from .version import version_command
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -48,6 +49,7 @@ def main() -> None:
 for command in (
     run_command, apply_command, create_group, get_command, describe_command, scale_command, delete_command, logs_command,
     list_machines_command, list_units_command, cordon_command, uncordon_command, drain_command, version_command,
+    token_group,
 ):
     main.add_command(command)
 
