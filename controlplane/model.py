@@ -116,11 +116,6 @@ RESERVED_LABEL_PREFIX = "controlplane.io/"
 AGENT_EVENT_REASONS = frozenset({"ProxyConfigRejected", "RouteDropped"})
 
 
-# ---- tokens (TOKEN_API.md; the values, hashes and expiry are controlplane/tokens.py) ----
-
-TOKEN_ROLES = ("node", "viewer", "admin")
-
-
 # ---- the wire objects ----
 
 
@@ -303,6 +298,9 @@ class Secret(TypedDict, total=False):
     kind: str
     metadata: ObjectMeta
     data: dict[str, str]  # key (an env-var or file name) -> value
+
+
+# ---- tokens (TOKEN_API.md; roles, values, hashes and expiry are in controlplane/tokens.py) ----
 
 
 class TokenSpec(TypedDict, total=False):

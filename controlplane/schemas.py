@@ -26,12 +26,11 @@ from controlplane.model import (
     PROTOCOLS,
     RESTART_POLICIES,
     SPREADS,
-    TOKEN_ROLES,
 )
 from controlplane.scheduler.rules import placement_causes
 from controlplane.schema_errors import invalid_from
 from controlplane.schema_parts import ExposeSchema, HealthSchema, ProxySchema, Strict, instance
-from controlplane.tokens import DESCRIPTION_MAX, MAX_TTL_SECONDS
+from controlplane.tokens import DESCRIPTION_MAX, MAX_TTL_SECONDS, TOKEN_ROLES
 from controlplane.validators import (
     CAPABILITY,
     DNS_LABEL_OR_EMPTY_SPEC,

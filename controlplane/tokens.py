@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 TOKENS_RESOURCE = "tokens"
+TOKEN_ROLES = ("node", "viewer", "admin")
 EXCHANGE_PATH = "/api/v1/tokens/exchange"
 NOT_A_JOIN_TOKEN = "not a join token"  # in the 403 of an exchange with any other token (the agent looks for it)
 HASH_FIELD = "secretHash"  # stored with the object, never served

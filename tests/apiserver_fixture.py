@@ -5,15 +5,13 @@
 
 Tokens: ``admin-token`` (admin), ``viewer-token`` (viewer), ``node-<m>-token`` (node bound to
 machine ``m``) for m in m1..m8, in a file of mode 0600. ``kill()`` sends SIGKILL (leader
-failover tests); ``reload_tokens()`` sends SIGHUP. ``tls=(cert, key, ca)`` serves HTTPS (``url`` is
-``https://...``).
+failover tests); ``reload_tokens()`` sends SIGHUP.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,13 +48,11 @@ class ApiServer:
         machine_ttl: int = 5,
         controllers: bool = True,
         extra_args: list[str] | None = None,
-        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.etcd_url = etcd_url
         self.prefix = prefix
         self.port = free_port()
-        self.tls = tls  # (server certificate, its key, the CA that signed it): serve HTTPS
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}"
         self.machine_ttl = machine_ttl
         self.controllers = controllers
         self.extra_args = list(extra_args or [])
@@ -76,9 +72,6 @@ class ApiServer:
         ]
         if not self.controllers:
             args.append("--no-controllers")
-        if self.tls:
-            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
-        context = ssl.create_default_context(cafile=str(self.tls[2])) if self.tls else None
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
@@ -86,7 +79,7 @@ class ApiServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cp-apiserver exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=0.5, context=context) as resp:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=0.5) as resp:
                     if resp.status == 200:
                         return self
             except OSError:

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane import __version__
 from controlplane.api import objects
-from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, authorize, check_join_scope
+from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, authorize
 from controlplane.api.http import MAX_BODY, error_response, json_response, too_large
 from controlplane.api.metrics import ApiMetrics
 from controlplane.api.state import CONFIG, METRICS, REGISTRY, SERVICES, STORE, TOKENS, USER_KEY, user_of
@@ -104,12 +104,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if tokens is None:
         request[USER_KEY] = ANONYMOUS_ADMIN
     elif not _is_public(request):
-        request[USER_KEY] = tokens.authenticate(request.headers.get("Authorization"))
+        request[USER_KEY] = tokens.authenticate(request.headers.get("Authorization"), method=request.method,
+                                                path=request.path)
     elif "Authorization" in request.headers:  # optional on a public path: a bad token is still 401
-        request[USER_KEY] = tokens.authenticate(request.headers["Authorization"])
-    user = request.get(USER_KEY)
-    if user is not None:
-        check_join_scope(user, request.method, request.path)
+        request[USER_KEY] = tokens.authenticate(request.headers["Authorization"], method=request.method,
+                                                path=request.path)
     return await handler(request)
 
 
@@ -192,10 +191,11 @@ def make_app(
     app.router.add_get("/version", version_handler)
     app.router.add_get("/openapi.json", openapi_handler)
     from controlplane.api import machines, secrets
-    from controlplane.api import tokens as token_routes
 
     machines.add_routes(app)
     secrets.add_routes(app)  # before the generic routes: Secret reads depend on the reader
+    from controlplane.api import tokens as token_routes
+
     token_routes.add_routes(app)  # before them too: every method on /api/v1/tokens is its own
     objects.add_routes(app)
     return app

@@ -145,7 +145,9 @@ class TokenTable:
         self._users = users
         return len(users)
 
-    def authenticate(self, header: str | None) -> User:
+    def authenticate(self, header: str | None, *, method: str = "", path: str = "") -> User:
+        """The user of the bearer token in ``header``, for a request of ``method`` on ``path`` (a join
+        token authenticates for the exchange only); Unauthorized otherwise."""
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("missing bearer token")
         token = header[len("Bearer "):].strip()
@@ -153,9 +155,10 @@ class TokenTable:
             if hmac.compare_digest(known.encode(), token.encode()):
                 return user
         stored = self.stored.user_of(token) if self.stored is not None else None
-        if stored is not None:
-            return stored
-        raise Unauthorized("invalid bearer token")
+        if stored is None:
+            raise Unauthorized("invalid bearer token")
+        check_join_scope(stored, method, path)
+        return stored
 
 
 def check_join_scope(user: User, method: str, path: str) -> None:

@@ -84,20 +84,25 @@ def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
 
+def wants_watch(request: web.Request) -> bool:
+    return _truthy(_query(request, "watch"))
+
+
 async def list_objects(request: web.Request) -> web.StreamResponse:
     resource, kind = resource_of(request)
-    return await serve_list(request, resource, kind)
-
-
-async def serve_list(request: web.Request, resource: str, kind: str, *,
-                     present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> web.StreamResponse:
-    """A list or watch of ``resource``; ``present``, when given, is what the caller sees of each item."""
-    verb = "watch" if _truthy(_query(request, "watch")) else "list"
+    verb = "watch" if wants_watch(request) else "list"
     authorize(user_of(request), verb, resource)
+    return await list_or_watch(request, resource, kind, watch=verb == "watch")
+
+
+async def list_or_watch(request: web.Request, resource: str, kind: str, *, watch: bool,
+                        present: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> web.StreamResponse:
+    """The list (or watch) of ``resource`` after authorization, with the query checked as the spec
+    says; ``present`` is what the caller may see of each object (a Secret redacted)."""
     for name in LIST_QUERY:
         _query(request, name)  # none of them twice
     label_selector, field_selector = _selector_param(request, "labelSelector"), _selector_param(request, "fieldSelector")
-    if verb == "watch":
+    if watch:
         return await serve_watch(request, resource, present=present)
     items, revision, token = request.app[REGISTRY].list(
         resource,

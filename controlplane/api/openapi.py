@@ -15,7 +15,6 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
 from controlplane.api.objects import FIELD_SELECTOR_PATTERN, LABEL_SELECTOR_PATTERN
-from controlplane.api.openapi_tokens import token_paths, token_schemas
 from controlplane.model import HAS_STATUS, MAX_OBJECT_BYTES, MAX_SAFE_INTEGER, RESOURCES, SECRET_MAX_BYTES
 from controlplane.schema_errors import StatusSchema
 from controlplane.schemas import SCHEMAS, ScaleSchema
@@ -179,8 +178,6 @@ def _paths(spec: APISpec) -> None:
                                                          "503")}},
             })
     _subresource_paths(spec)
-    token_paths(spec, path=_path, errors=_error_responses, content=_json, name_param=NAME_PARAM,
-                list_params=LIST_PARAMS, watch_note=WATCH_NOTE)
     _probe_paths(spec)
 
 
@@ -261,6 +258,10 @@ def _document() -> dict[str, Any]:
     for kind in SCHEMAS:
         spec.components.schema(f"{kind}List", _list_schema(kind))
     _paths(spec)
+    from controlplane.api.openapi_tokens import token_paths, token_schemas
+
+    token_paths(spec, path=_path, errors=_error_responses, content=_json, name_param=NAME_PARAM,
+                list_params=LIST_PARAMS, watch_note=WATCH_NOTE)
     doc = spec.to_dict()
     schemas = doc["components"]["schemas"]
     _key_rules(schemas)

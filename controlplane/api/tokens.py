@@ -185,12 +185,13 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.StreamResponse:
-    from controlplane.api.objects import serve_list  # objects -> machines -> tokens: imported here
+    from controlplane.api.objects import list_or_watch, wants_watch  # objects -> machines -> tokens
 
-    authorize(user_of(request), "list", RESOURCE)
+    watch = wants_watch(request)
+    authorize(user_of(request), "watch" if watch else "list", RESOURCE)
     if HASH_FIELD in (request.query.get("fieldSelector") or ""):
         raise BadRequest(f"{HASH_FIELD} cannot be selected on")
-    return await serve_list(request, RESOURCE, KIND, present=public_view)
+    return await list_or_watch(request, RESOURCE, KIND, watch=watch, present=public_view)
 
 
 async def get_token(request: web.Request) -> web.Response:

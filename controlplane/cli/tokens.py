@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from controlplane.client import Client
-from controlplane.model import API_VERSION, TOKEN_ROLES
-from controlplane.tokens import TOKENS_RESOURCE, parse_duration
+from controlplane.model import API_VERSION
+from controlplane.tokens import TOKEN_ROLES, TOKENS_RESOURCE, parse_duration
 
 from .common import call
 from .config import connection_options
 from .printers import age, dump_yaml, format_table, parse_time
 from .terminal import echo
+
+if TYPE_CHECKING:
+    from controlplane.client import Client
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int:

@@ -221,7 +221,10 @@ def test_the_token_file_and_the_stored_tokens_authenticate() -> None:
     table = _table()
     assert table.authenticate("Bearer file-token") == User("ops", "admin")
     assert table.authenticate(f"Bearer tok-1.{SECRET}") == User("tok-1", "node", "m1", token="tok-1")
-    assert _table(join=True).authenticate(f"Bearer tok-1.{SECRET}").join
+    assert _table(join=True).authenticate(f"Bearer tok-1.{SECRET}", method="POST", path=EXCHANGE_PATH).join
+    for method, path in (("", ""), ("POST", "/api/v1/machines/m1/heartbeat"), ("GET", EXCHANGE_PATH)):
+        with pytest.raises(Unauthorized, match="join token is good only for"):
+            _table(join=True).authenticate(f"Bearer tok-1.{SECRET}", method=method, path=path)
     for header in (f"Bearer tok-1.{'B' * SECRET_CHARS}", f"Bearer tok-2.{SECRET}", "Bearer tok-1", None, "Basic x"):
         with pytest.raises(Unauthorized):
             table.authenticate(header)
