@@ -21,6 +21,7 @@ from aiohttp import web
 
 from agent.agent import Agent, AgentConfig
 from agent.distimages import ClusterImages, ImageEngine
+from agent.jointoken import redeem_join_token
 from agent.logserver import make_log_app
 from agent.metrics import AgentMetrics, make_metrics_app, parse_metrics_listen
 from agent.proxy.manager import ProxyManager
@@ -87,7 +88,10 @@ async def serve_metrics(metrics: AgentMetrics, where: tuple[str, int] | None, *,
 
 async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
                     known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None,
-                    metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False) -> None:
+                    metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False,
+                    token_file: str | None = None) -> None:
+    if token_file and token:  # a join token becomes a node token, once (agent/jointoken.py)
+        token = await redeem_join_token(server, token, token_file, ca=ca)
     runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     connect = getattr(runtime, "connect", None)
     if connect is not None:  # ssh://: a refused host key is fatal and said at once, not retried in a loop
@@ -190,7 +194,8 @@ def main(server: str, token: str | None, token_file: str | None, ca: str | None,
     try:
         asyncio.run(run_agent(server=server, token=token, ca=ca, config=config, docker=docker,
                               known_hosts=known_hosts, ssh_key=ssh_key, scrubber=scrubber,
-                              metrics_listen=metrics_where, metrics_required=bool(metrics_listen.strip())))
+                              metrics_listen=metrics_where, metrics_required=bool(metrics_listen.strip()),
+                              token_file=token_file))
     except KeyboardInterrupt:
         pass
     except Exception as err:  # a clear one-line reason, the traceback in the debug log

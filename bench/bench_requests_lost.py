@@ -103,7 +103,7 @@ class Load:
 
 
 def cpctl(state: devlib.DevState, *args: str) -> None:
-    env = dict(os.environ, CPCTL_SERVER=state.server, CPCTL_TOKEN=state.admin_token)
+    env = dict(os.environ, CPCTL_SERVER=state.server, CPCTL_TOKEN=state.admin_token, CPCTL_CA=state.ca)
     proc = subprocess.run([sys.executable, "-m", "controlplane.cli.main", *args, "--timeout", "90"], env=env,
                           capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
@@ -139,7 +139,7 @@ def restart_without_controllers(state: devlib.DevState) -> None:
     api.args = [*api.args, "--no-controllers"]
     api.start()
     state.save()
-    wait_for(lambda: devlib._reachable(state.server + "/readyz"), 30, "the API server (--no-controllers)")
+    wait_for(lambda: state.api_ready(), 30, "the API server (--no-controllers)")
     time.sleep(2.0)  # the agents and proxies re-list after their watches broke
 
 

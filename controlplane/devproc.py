@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -86,15 +87,21 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def http_get_json(url: str, token: str | None = None, timeout: float = 2.0) -> Any:
+def tls_context(ca: str | None) -> ssl.SSLContext | None:
+    """What verifies an https API server: the cluster CA ``ca`` (None: the system's CAs)."""
+    return ssl.create_default_context(cafile=ca) if ca else None
+
+
+def http_get_json(url: str, token: str | None = None, timeout: float = 2.0, *, ca: str | None = None) -> Any:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout,
+                                context=tls_context(ca)) as resp:
         return json.loads(resp.read() or b"null")
 
 
-def reachable(url: str, timeout: float = 0.5) -> bool:
+def reachable(url: str, timeout: float = 0.5, *, ca: str | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=tls_context(ca)) as resp:
             return bool(resp.status == 200)
     except (OSError, ValueError):
         return False
@@ -247,6 +254,7 @@ class DevState:
     config_written: str = ""
     was_up: bool = False  # not saved: `up` found it already running
     created_dirs: list[str] = field(default_factory=list)  # folders `up` made (removed by `down` when empty)
+    ca: str = ""  # the cluster CA of an https API server (controlplane/devtls.py); "" with --insecure-http
 
     @property
     def path(self) -> Path:
@@ -263,7 +271,7 @@ class DevState:
             "cluster": self.cluster, "server": self.server, "adminToken": self.admin_token,
             "etcd": self.etcd_url, "machines": self.machines, "processes": [p.to_json() for p in self.procs],
             "config": {"path": self.config_path, "backup": self.config_backup, "written": self.config_written},
-            "createdDirs": self.created_dirs,
+            "createdDirs": self.created_dirs, "ca": self.ca,
         }
         write_private(self.path, json.dumps(data, indent=2) + "\n")
 
@@ -280,11 +288,14 @@ class DevState:
                    admin_token=data["adminToken"], etcd_url=data["etcd"], machines=list(data["machines"]),
                    procs=[Proc.from_json(p) for p in data["processes"]], config_path=config.get("path", ""),
                    config_backup=config.get("backup", ""), config_written=config.get("written", ""),
-                   created_dirs=list(data.get("createdDirs") or []))
+                   created_dirs=list(data.get("createdDirs") or []), ca=str(data.get("ca") or ""))
 
     # -- API access for status and the demo --
     def api(self, path: str, timeout: float = 2.0) -> Any:
-        return http_get_json(f"{self.server}/api/v1/{path}", self.admin_token, timeout=timeout)
+        return http_get_json(f"{self.server}/api/v1/{path}", self.admin_token, timeout=timeout, ca=self.ca or None)
+
+    def api_ready(self) -> bool:
+        return reachable(self.server + "/readyz", ca=self.ca or None)
 
     def machine_states(self) -> dict[str, str]:
         try:

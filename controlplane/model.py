@@ -29,6 +29,7 @@ RESOURCES: dict[str, str] = {
     "endpoints": "Endpoints",
     "events": "Event",
     "secrets": "Secret",
+    "tokens": "Token",  # served by api/tokens.py only (admins; never the value or its hash)
 }
 KIND_TO_RESOURCE: dict[str, str] = {kind: resource for resource, kind in RESOURCES.items()}
 # kinds with a /status subresource
@@ -41,6 +42,7 @@ SPEC_FIELDS: dict[str, tuple[str, ...]] = {
     "Endpoints": ("endpoints",),
     "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
     "Secret": ("data",),
+    "Token": ("spec",),
 }
 
 # ---- defaults (schemas.py loads with these; views read missing fields as these) ----
@@ -296,6 +298,31 @@ class Secret(TypedDict, total=False):
     kind: str
     metadata: ObjectMeta
     data: dict[str, str]  # key (an env-var or file name) -> value
+
+
+# ---- tokens (TOKEN_API.md; roles, values, hashes and expiry are in controlplane/tokens.py) ----
+
+
+class TokenSpec(TypedDict, total=False):
+    role: str
+    machine: str  # for role node (required), else ""
+    ttlSeconds: int  # 0: no expiry
+    description: str
+    join: bool  # a join token: good only for POST /api/v1/tokens/exchange, once
+
+
+class TokenStatus(TypedDict, total=False):
+    expiresAt: str  # RFC 3339, "" for never
+    createdAt: str
+    lastUsed: str  # written at most once a minute per token
+
+
+class Token(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: TokenSpec
+    status: TokenStatus
 
 
 # ---- builders ----

@@ -31,6 +31,7 @@ from controlplane.model import (
 from controlplane.scheduler.rules import placement_causes
 from controlplane.schema_errors import invalid_from
 from controlplane.schema_parts import ExposeSchema, HealthSchema, ProxySchema, Strict, instance
+from controlplane.tokens import DESCRIPTION_MAX, MAX_TTL_SECONDS, TOKEN_ROLES
 from controlplane.validators import (
     CAPABILITY,
     DNS_LABEL_OR_EMPTY_SPEC,
@@ -280,6 +281,39 @@ class SecretSchema(Strict):
                        load_default=dict)
 
 
+class TokenSpecSchema(Strict):
+    """Who a token is (api/tokens.py serves it; controlplane/tokens.py has the value rules)."""
+
+    role = fields.String(required=True, validate=validate.OneOf(TOKEN_ROLES))
+    machine = fields.String(validate=dns_label_or_empty, load_default="", metadata=DNS_LABEL_OR_EMPTY_SPEC)
+    ttlSeconds = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_TTL_SECONDS), load_default=0)
+    description = fields.String(validate=validate.Length(max=DESCRIPTION_MAX), load_default="")
+    join = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def bound_to_a_machine(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("role") == "node" and not data.get("machine"):
+            raise ValidationError("required for a node token", "machine")
+        if data.get("role") != "node" and data.get("machine"):
+            raise ValidationError("only a node token names a machine", "machine")
+        if data.get("join") and data.get("role") != "node":
+            raise ValidationError("only a node token can be a join token", "join")
+
+
+class TokenStatusSchema(Strict):
+    expiresAt = fields.String(load_default="")
+    createdAt = fields.String(load_default="")
+    lastUsed = fields.String(load_default="")
+
+
+class TokenSchema(Strict):
+    apiVersion = fields.String(validate=validate.Equal(API_VERSION), load_default=API_VERSION)
+    kind = fields.String(validate=validate.Equal("Token"), load_default="Token")
+    metadata = fields.Nested(ObjectMetaSchema, required=True)
+    spec = fields.Nested(TokenSpecSchema, required=True)
+    status = fields.Nested(TokenStatusSchema, load_default=lambda: instance(TokenStatusSchema).load({}))
+
+
 class ScaleSpecSchema(Strict):
     replicas = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=100000))
 
@@ -299,6 +333,7 @@ SCHEMAS: dict[str, type[Schema]] = {
     "Endpoints": EndpointsSchema,
     "Event": EventSchema,
     "Secret": SecretSchema,
+    "Token": TokenSchema,
 }
 STATUS_SCHEMAS: dict[str, type[Schema]] = {
     "Machine": MachineStatusSchema,

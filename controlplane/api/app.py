@@ -112,9 +112,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if tokens is None:
         request[USER_KEY] = ANONYMOUS_ADMIN
     elif not _is_public(request):
-        request[USER_KEY] = tokens.authenticate(request.headers.get("Authorization"))
+        request[USER_KEY] = tokens.authenticate(request.headers.get("Authorization"), method=request.method,
+                                                path=request.path)
     elif "Authorization" in request.headers:  # optional on a public path: a bad token is still 401
-        request[USER_KEY] = tokens.authenticate(request.headers["Authorization"])
+        request[USER_KEY] = tokens.authenticate(request.headers["Authorization"], method=request.method,
+                                                path=request.path)
     return await handler(request)
 
 
@@ -202,5 +204,8 @@ def make_app(
 
     machines.add_routes(app)
     secrets.add_routes(app)  # before the generic routes: Secret reads depend on the reader
+    from controlplane.api import tokens as token_routes
+
+    token_routes.add_routes(app)  # before them too: every method on /api/v1/tokens is its own
     objects.add_routes(app)
     return app

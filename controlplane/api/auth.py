@@ -1,5 +1,10 @@
 """Bearer-token authentication and the role policy (admin, viewer, node).
 
+Tokens come from two places: the CSV token file (for bootstrapping admins; SIGHUP reloads it) and
+the Token objects in etcd (api/tokens.py), looked up by id in the tokens' watch cache, so every API
+server honours a new or revoked token as soon as its cache sees the change. A join token (a stored
+node token with ``spec.join``) authenticates for ``POST /api/v1/tokens/exchange`` only.
+
 The policy is a pure function of (user, verb, resource, subresource, object) so it is
 table-tested without a server. A node token is bound to one machine: it reads what an
 agent needs and writes only its own machine's status and heartbeat and the status of
@@ -20,9 +25,10 @@ import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from controlplane.errors import Forbidden, Invalid, Unauthorized
+from controlplane.tokens import EXCHANGE_PATH, TOKENS_RESOURCE
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,15 @@ class User:
     name: str
     role: str
     machine: str = ""
+    token: str = ""  # the id of a stored token ("" for the token file's)
+    join: bool = False  # a join token: only POST /api/v1/tokens/exchange
+
+
+class StoredTokens(Protocol):
+    """The Token objects of etcd, as the auth path reads them (api/tokens.py implements it)."""
+
+    def user_of(self, value: str) -> User | None:
+        """The user of a stored token's value; None when it is not one; Unauthorized when it expired."""
 
 
 ANONYMOUS_ADMIN = User("anonymous", "admin")
@@ -117,6 +132,7 @@ class TokenTable:
 
     def __init__(self, users: dict[str, User]) -> None:
         self._users = users
+        self.stored: StoredTokens | None = None  # attached by api/tokens.py once the registry exists
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenTable:
@@ -129,14 +145,26 @@ class TokenTable:
         self._users = users
         return len(users)
 
-    def authenticate(self, header: str | None) -> User:
+    def authenticate(self, header: str | None, *, method: str = "", path: str = "") -> User:
+        """The user of the bearer token in ``header``, for a request of ``method`` on ``path`` (a join
+        token authenticates for the exchange only); Unauthorized otherwise."""
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("missing bearer token")
         token = header[len("Bearer "):].strip()
         for known, user in self._users.items():
             if hmac.compare_digest(known.encode(), token.encode()):
                 return user
-        raise Unauthorized("invalid bearer token")
+        stored = self.stored.user_of(token) if self.stored is not None else None
+        if stored is None:
+            raise Unauthorized("invalid bearer token")
+        check_join_scope(stored, method, path)
+        return stored
+
+
+def check_join_scope(user: User, method: str, path: str) -> None:
+    """Unauthorized unless ``user`` is not a join token or this is the exchange (its only use)."""
+    if user.join and not (method == "POST" and path == EXCHANGE_PATH):
+        raise Unauthorized(f"a join token is good only for POST {EXCHANGE_PATH}")
 
 
 def _may_read_secret(user: User, verb: str, name: str, node_secrets: Collection[str]) -> bool:
@@ -167,6 +195,8 @@ def authorize(
     ``node_secrets`` the Secrets the instances bound to a node's machine use (secretref.secrets_used_on)."""
     if user.role == "admin":
         return
+    if resource == TOKENS_RESOURCE:
+        raise Forbidden(f'user "{user.name}" ({user.role}) cannot {verb} tokens: tokens are for admins only')
     if resource == "secrets":
         if not subresource and _may_read_secret(user, verb, name, node_secrets):
             return

@@ -29,6 +29,7 @@ from controlplane.api.http import json_response, read_json
 from controlplane.api.logproxy import LOG_SIGNING, LogSigningKeys, instance_log
 from controlplane.api.node_policy import check_node_labels
 from controlplane.api.state import CONFIG, REGISTRY, STORE, user_of
+from controlplane.api.tokens import revoke_machine_tokens
 from controlplane.errors import (
     AlreadyExists,
     BadRequest,
@@ -142,13 +143,16 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def delete_machine(request: web.Request, name: str) -> dict[str, Any]:
-    """An admin's DELETE of a Machine. It leaves a tombstone, so a node that heartbeats again gets its
-    Machine back without the labels it sends (those apply only at first registration)."""
+    """An admin's DELETE of a Machine. It revokes every stored token bound to the machine (the token
+    file's stay: edit the file), and leaves a tombstone, so a node that heartbeats again gets its
+    Machine back without the labels it sends (those apply only at first registration). A machine
+    that dies stays listed, NotReady, until an admin deletes it (as in Kubernetes)."""
     store = request.app[STORE]
     key = machine_tombstone_key(name)
     existed = await store.get(key) is not None
     # before the delete, so no heartbeat can slip in between and re-create the machine with labels
     await store.put(key, json.dumps({"deletedAt": now_rfc3339(), "by": user_of(request).name}).encode())
+    await revoke_machine_tokens(request.app[REGISTRY], name)  # also when the machine never registered
     try:
         return await request.app[REGISTRY].delete("machines", name)
     except NotFound:

@@ -49,6 +49,7 @@ ERRORS = {
     "401": "Unauthorized: missing or unknown bearer token",
     "403": "Forbidden: the token's role does not allow this",
     "404": "NotFound",
+    "405": "MethodNotAllowed (the Allow header names the methods served)",
     "409": "AlreadyExists or Conflict (stale resourceVersion)",
     "413": "RequestEntityTooLarge: the body is over 256 KiB",
     "415": "UnsupportedMediaType",
@@ -137,6 +138,8 @@ def _path(spec: APISpec, *, path: str, operations: dict[str, Any]) -> None:
 
 def _paths(spec: APISpec) -> None:
     for resource, kind in RESOURCES.items():
+        if resource == "tokens":  # no PUT or PATCH, a value in the create's answer: openapi_tokens.py
+            continue
         base = f"/api/v1/{resource}"
         _path(spec, path=base, operations={
             "get": {
@@ -270,10 +273,15 @@ def _document() -> dict[str, Any]:
     for kind in SCHEMAS:
         spec.components.schema(f"{kind}List", _list_schema(kind))
     _paths(spec)
+    from controlplane.api.openapi_tokens import token_paths, token_schemas
+
+    token_paths(spec, path=_path, errors=_error_responses, content=_json, name_param=NAME_PARAM,
+                list_params=LIST_PARAMS, watch_note=WATCH_NOTE)
     doc = spec.to_dict()
     schemas = doc["components"]["schemas"]
     _key_rules(schemas)
     _cross_field_rules(schemas)
+    token_schemas(schemas)
     for kind in sorted(HAS_STATUS):  # a status write: like the object, but its spec may be left out
         schemas[f"{kind}StatusWrite"] = {**copy.deepcopy(schemas[kind]), "required": ["metadata"]}
     schemas["JsonValue"] = {"anyOf": [  # any JSON, with every number in the server's range

@@ -38,12 +38,14 @@ def dev() -> None:
               help="seconds without heartbeats before a machine is NotReady")
 @click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option("--insecure-http", is_flag=True,
+              help="serve the API over plain HTTP (debugging); by default HTTPS with a cluster CA made for it")
 def up_command(machines: int, state_dir: str | None, cluster: str, api_port: int, agent_port: int,
-               machine_ttl: int, proxy_image: str, timeout: float) -> None:
-    """Start the cluster in the background and write the cpctl config."""
+               machine_ttl: int, proxy_image: str, timeout: float, insecure_http: bool) -> None:
+    """Start the cluster in the background and write the cpctl config (server, token, CA)."""
     options = devlib.UpOptions(machines=machines, state_dir=Path(state_dir) if state_dir else None, cluster=cluster,
                                api_port=api_port, agent_port=agent_port, machine_ttl=machine_ttl,
-                               proxy_image=proxy_image, timeout=timeout)
+                               proxy_image=proxy_image, timeout=timeout, insecure_http=insecure_http)
     try:
         state = devlib.up(options, echo=echo)
     except devlib.DevError as err:

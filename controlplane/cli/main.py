@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "drain": "controlplane.cli.machines:drain_command",
     "version": "controlplane.cli.version:version_command",
     "machine": "controlplane.cli.join:machine_group",
+    "token": "controlplane.cli.tokens:token_group",
     "dev": "controlplane.cli.dev:dev",
 }
 

@@ -1,25 +1,33 @@
 """``cpctl dev``'s machinery without Docker or a cluster: the dev.json record, process
-recognition, the layout of ports and command lines, tokens, and ``up`` cleaning up after itself."""
+recognition, the layout of ports and command lines (HTTPS by default), the cluster CA and server
+certificate, tokens, the cpctl config, and ``up`` cleaning up after itself."""
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
 import socket
+import ssl
 import stat
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
 
 from controlplane import dev as devlib
 from controlplane.devproc import DevError, DevState, Proc, missing_ancestors, port_free_everywhere, wait_until
+from controlplane.devtls import write_dev_tls
 
 
 def _state(tmp_path: Path) -> DevState:
     procs = [Proc("etcd", ["/usr/bin/etcd", "--name", "dev"], str(tmp_path / "logs" / "etcd.log"), pid=12345)]
     return DevState(state_dir=tmp_path, cluster="c1", server="http://127.0.0.1:7070", admin_token="tok",
                     etcd_url="http://127.0.0.1:2379", machines=["m1"], procs=procs, config_path="/x/config.yaml",
-                    config_backup="/x/backup.yaml", config_written="server: x\n", created_dirs=["/x"])
+                    config_backup="/x/backup.yaml", config_written="server: x\n", created_dirs=["/x"],
+                    ca="/x/tls/ca.crt")
 
 
 def test_state_round_trips_through_a_private_file(tmp_path: Path) -> None:
@@ -127,3 +135,55 @@ def test_down_without_a_cluster_does_nothing(tmp_path: Path) -> None:
 def test_up_refuses_a_machine_count_out_of_range(tmp_path: Path) -> None:
     with pytest.raises(DevError, match="between 1 and 254"):
         devlib.up(devlib.UpOptions(machines=0, state_dir=tmp_path / "s"), echo=lambda _line: None)
+
+
+def test_layout_with_tls_serves_https_and_every_agent_trusts_the_ca(tmp_path: Path) -> None:
+    tls = write_dev_tls(tmp_path / "tls", cluster="c9")
+    options = devlib.UpOptions(machines=2, cluster="c9", api_port=0, agent_port=0)
+    state = devlib._layout(options, tmp_path, etcd_bin="/opt/etcd", admin_token="tok", machines=["m1", "m2"],
+                           addresses=["127.0.1.1", "127.0.1.2"], echo=lambda _line: None, tls=tls)
+    assert state.server.startswith("https://127.0.0.1:") and state.ca == str(tls.ca_cert)
+    api = state.proc("apiserver").args
+    assert api[api.index("--listen") + 1] == state.server.removeprefix("https://")
+    assert (api[api.index("--tls-cert") + 1], api[api.index("--tls-key") + 1]) == (str(tls.server_cert),
+                                                                                  str(tls.server_key))
+    for machine in ("m1", "m2"):
+        args = state.agent(machine).args
+        assert args[args.index("--ca") + 1] == str(tls.ca_cert)
+        assert args[args.index("--server") + 1] == state.server
+    plain = devlib._layout(options, tmp_path, etcd_bin="/opt/etcd", admin_token="tok", machines=["m1"],
+                           addresses=["127.0.1.1"], echo=lambda _line: None)
+    assert plain.server.startswith("http://") and plain.ca == "" and "--tls-cert" not in plain.proc("apiserver").args
+    assert "--ca" not in plain.agent("m1").args
+
+
+def test_the_cluster_ca_signs_a_server_certificate_for_the_api_addresses(tmp_path: Path) -> None:
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    tls = write_dev_tls(tmp_path / "tls", cluster="c9", ips=["127.0.1.1"], now=now)
+    ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
+    cert = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
+                                                         ipaddress.ip_address("127.0.1.1")]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert cert.not_valid_before_utc < now < cert.not_valid_after_utc <= ca.not_valid_after_utc
+    for key in (tls.ca_key, tls.server_key):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "tls").st_mode) == 0o700
+    ssl.create_default_context(cafile=str(tls.ca_cert))  # loads as a trust anchor
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.server_cert, tls.server_key)
+
+
+def test_the_cpctl_config_names_the_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    state = _state(tmp_path)
+    state.config_path = state.config_backup = ""
+    devlib._write_cpctl_config(state)
+    written = yaml.safe_load(Path(state.config_path).read_text())
+    assert written["server"] == state.server and written["ca"] == "/x/tls/ca.crt" and written["token"] == "tok"
+    state.ca = ""
+    devlib._write_cpctl_config(state)
+    assert "ca" not in yaml.safe_load(Path(state.config_path).read_text())
