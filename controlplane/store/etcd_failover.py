@@ -173,6 +173,9 @@ def is_stale_token(exc: BaseException) -> bool:
     return needs_new_token(_details(exc)[1])
 
 
+WATCH_CANCEL_SECONDS = 1.0
+
+
 class EndpointPool:
     """One client per endpoint (made on first use), the one in use, and moving on from it."""
 
@@ -327,8 +330,10 @@ class EndpointPool:
             finally:
                 if handle is not None:
                     try:
-                        await handle.cancel()
-                    except Exception:  # the stream may already be gone
+                        # bounded: a cancel sent down a stream whose member is gone may never be answered,
+                        # and a watch cache stopping (server shutdown) must not wait on it forever
+                        await asyncio.wait_for(handle.cancel(), timeout=WATCH_CANCEL_SECONDS)
+                    except Exception:  # the stream may already be gone, or the cancel timed out
                         log.debug("cancelling an etcd watch failed", exc_info=True)
 
     async def close(self) -> None:
