@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent.agent import Agent, AgentConfig
 from agent.distimages import ClusterImages, ImageEngine
-from agent.jointoken import redeem_join_token
+from agent.jointoken import finish_join_exchange, redeem_join_token
 from agent.logserver import make_log_app
 from agent.metrics import AgentMetrics, make_metrics_app, parse_metrics_listen
 from agent.proxy.manager import ProxyManager
@@ -90,8 +90,9 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
                     known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None,
                     metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False,
                     token_file: str | None = None) -> None:
+    exchange_later = False
     if token_file and token:  # a join token becomes a node token, once (agent/jointoken.py)
-        token = await redeem_join_token(server, token, token_file, ca=ca)
+        token, exchange_later = await redeem_join_token(server, token, token_file, ca=ca)
     runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     connect = getattr(runtime, "connect", None)
     if connect is not None:  # ssh://: a refused host key is fatal and said at once, not retried in a loop
@@ -128,6 +129,7 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     main_task = asyncio.create_task(agent.run())
+    later = [asyncio.create_task(finish_join_exchange(client, token_file))] if exchange_later and token_file else []
     stop_task = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -136,6 +138,8 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
     finally:
         main_task.cancel()
         stop_task.cancel()
+        for task in later:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await main_task
         await runner.cleanup()

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 from apiserver_fixture import ApiServer
-from etcd_fixture import EtcdServer
+from etcd_fixture import EtcdServer, free_port
 from machine_helper import call
 
-from agent.jointoken import redeem_join_token
+from agent.jointoken import finish_join_exchange, redeem_join_token
+from controlplane.client import Client
 from controlplane.store import open_store
 from controlplane.tokens import EXCHANGE_PATH, secret_hash
 
@@ -157,7 +158,8 @@ def test_a_join_token_is_good_for_one_exchange_only(servers: tuple[ApiServer, Ap
     assert status == 401 and EXCHANGE_PATH in body["message"]
     token_file = tmp_path / "token"
     token_file.write_text(join + "\n")
-    node = asyncio.run(redeem_join_token(second.url, join, token_file))  # the agent's own exchange
+    node, later = asyncio.run(redeem_join_token(second.url, join, token_file))  # the agent's own exchange
+    assert not later
     assert node != join and token_file.read_text() == node + "\n"
     assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
     assert heartbeat(second, "m5", node) == 200
@@ -174,7 +176,7 @@ def test_a_join_token_is_good_for_one_exchange_only(servers: tuple[ApiServer, Ap
     # the next start of the agent: the file holds a node token now, which it keeps
     status, body = call(first.url, "POST", EXCHANGE_PATH, token=node)
     assert status == 403 and "not a join token" in body["message"]
-    assert asyncio.run(redeem_join_token(first.url, node, token_file)) == node
+    assert asyncio.run(redeem_join_token(first.url, node, token_file)) == (node, False)
     assert token_file.read_text() == node + "\n"
 
 
@@ -210,3 +212,25 @@ def test_last_used_is_written_once_not_per_request(servers: tuple[ApiServer, Api
         assert call(api.url, "GET", "/api/v1/machines", token=value)[0] == 200
     time.sleep(0.3)
     assert token()["metadata"]["resourceVersion"] == version  # type: ignore[index]
+
+
+def test_an_agent_cut_off_at_start_goes_on_and_exchanges_later(servers: tuple[ApiServer, ApiServer],
+                                                               tmp_path: Path) -> None:
+    first, _ = servers
+    join = create_token(first, "--role", "node", "--machine", "m8", "--join")
+    token_file = tmp_path / "token"
+    token_file.write_text(join + "\n")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    token, later = asyncio.run(redeem_join_token(nobody, join, token_file, patience=1.0))
+    assert (token, later) == (join, True) and time.monotonic() - started < 5  # it starts, not blocked
+    assert token_file.read_text() == join + "\n"
+
+    async def in_the_background() -> tuple[str, int]:
+        async with Client(first.url, token=join) as client:
+            await finish_join_exchange(client, token_file)
+            reply = await client.heartbeat("m8", {"address": "127.0.2.8"})
+            return str(client.token), int(reply["leaseTTL"])
+
+    exchanged, ttl = asyncio.run(in_the_background())
+    assert exchanged != join and token_file.read_text() == exchanged + "\n" and ttl > 0

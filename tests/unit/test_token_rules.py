@@ -13,11 +13,11 @@ from typing import Any
 import click
 import pytest
 
-from agent.jointoken import is_not_a_join_token, write_token_file
+from agent.jointoken import exchange_until_answered, is_not_a_join_token, write_token_file
 from controlplane.api.auth import TokenTable, User, authorize, check_join_scope
 from controlplane.api.tokens import StoredTokenTable, token_from_body
 from controlplane.cli.tokens import expires_text, token_request, token_table
-from controlplane.errors import BadRequest, Forbidden, Invalid, Unauthorized
+from controlplane.errors import BadRequest, Forbidden, Invalid, ServiceUnavailable, Unauthorized
 from controlplane.schemas import load_object
 from controlplane.tokens import (
     EXCHANGE_PATH,
@@ -270,3 +270,42 @@ def test_the_agent_keeps_a_token_that_is_not_a_join_token() -> None:
     assert is_not_a_join_token(Forbidden('the token of user "n" (node) is not a join token; ...'))
     assert not is_not_a_join_token(Forbidden("user n cannot create tokens"))
     assert not is_not_a_join_token(Unauthorized("not a join token"))
+
+
+class _ExchangeClient:
+    """Answers the exchange with each of ``answers`` in turn (an exception is raised)."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def request(self, method: str, path: str) -> Any:
+        assert (method, path) == ("POST", EXCHANGE_PATH)
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+@pytest.mark.parametrize(("answers", "deadline", "result", "calls"), [
+    ([{"value": "tok-2." + SECRET}], None, (True, "tok-2." + SECRET), 1),
+    ([Forbidden("the token of user x (node) is not a join token; ...")], None, (True, None), 1),
+    ([ServiceUnavailable("down"), Unauthorized("no"), {"value": "tok-3." + SECRET}], None,
+     (True, "tok-3." + SECRET), 3),
+    ([ServiceUnavailable("down")], 0.0, (False, None), 1),  # past its deadline: the agent starts anyway
+    ([{"kind": "Token"}, Forbidden("... not a join token")], None, (True, None), 2),  # no value: asked again
+])
+async def test_the_agent_asks_until_answered_or_out_of_patience(
+        tmp_path: Path, answers: list[Any], deadline: float | None, result: tuple[bool, str | None],
+        calls: int) -> None:
+    path = tmp_path / "token"
+    path.write_text("join\n")
+    client = _ExchangeClient(*answers)
+    assert await exchange_until_answered(client, path, deadline=deadline, sleep=_no_sleep) == result  # type: ignore[arg-type]
+    assert client.calls == calls
+    assert path.read_text() == (f"{result[1]}\n" if result[1] else "join\n")
