@@ -86,16 +86,12 @@ async def serve_metrics(metrics: AgentMetrics, where: tuple[str, int] | None, *,
     return runner
 
 
-async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
-                    known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None,
-                    metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False,
-                    token_file: str | None = None) -> None:
-    exchange_later = False
-    if token_file and token:  # a join token becomes a node token, once (agent/jointoken.py)
-        token, exchange_later = await redeem_join_token(server, token, token_file, ca=ca)
+async def open_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | None) -> Runtime:
+    """The runtime, connected when it can be: for ssh:// a refused host key is fatal and said at once,
+    not retried in a loop; an engine not reachable yet is retried by the agent's loops."""
     runtime = make_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     connect = getattr(runtime, "connect", None)
-    if connect is not None:  # ssh://: a refused host key is fatal and said at once, not retried in a loop
+    if connect is not None:
         try:
             await connect()
         except HostKeyRefused:
@@ -103,6 +99,17 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
             raise
         except RuntimeUnavailable as err:
             log.warning("container runtime not reachable yet (will retry): %s", err)
+    return runtime
+
+
+async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
+                    known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None,
+                    metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False,
+                    token_file: str | None = None) -> None:
+    exchange_later = False
+    if token_file and token:  # a join token becomes a node token, once (agent/jointoken.py)
+        token, exchange_later = await redeem_join_token(server, token, token_file, ca=ca)
+    runtime = await open_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     metrics = AgentMetrics()
     client = Client(server, token=token, ca=ca, timeout=5.0, on_error=metrics.api_error)
     proxies = ProxyManager(client, runtime, cluster=config.cluster, machine=config.machine,
