@@ -41,6 +41,7 @@ from controlplane.model import DEFAULT_PROXY_IMAGE, Instance, InstanceStatus
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
+FENCE_CHECK_SECONDS = 0.1
 
 
 @dataclass
@@ -132,15 +133,25 @@ class Agent:
                     self.wake.set()
             except (CPError, TimeoutError) as err:
                 self.metrics.observe_heartbeat(ok=False)
-                silent = self.clock() - self.last_contact
-                log.warning("heartbeat failed (%.1fs without the API): %s", silent, err)
-                if not self.fenced and silent >= self.fence_after:
-                    log.error("no API for %.1fs (fence after %.1fs): stopping this machine's instances",
-                              silent, self.fence_after)
-                    self.fenced = True
-                    self.metrics.set_fenced(True)
-                    self.wake.set()
+                log.warning("heartbeat failed (%.1fs without the API): %s", self.clock() - self.last_contact, err)
+                self.fence_if_silent()
             await asyncio.sleep(max(min(self.ttl / 4, 1.0), 0.1))
+
+    def fence_if_silent(self) -> None:
+        silent = self.clock() - self.last_contact
+        if not self.fenced and silent >= self.fence_after:
+            log.error("no API for %.1fs (fence after %.1fs): stopping this machine's instances",
+                      silent, self.fence_after)
+            self.fenced = True
+            self.metrics.set_fenced(True)
+            self.wake.set()
+
+    async def fence_loop(self) -> None:
+        """Fencing on its own timer: a heartbeat that hangs for its whole timeout must not put it
+        off past ``fence_after`` (and so past the TTL, when the machine's copies are replaced)."""
+        while True:
+            self.fence_if_silent()
+            await asyncio.sleep(FENCE_CHECK_SECONDS)
 
     # ---- instances bound here ----
     async def watch_loop(self) -> None:
@@ -274,7 +285,8 @@ class Agent:
 
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [
-            self.heartbeat_loop, self.watch_loop, self.sync_loop, self.docker_events_loop, self.prober_loop,
+            self.heartbeat_loop, self.fence_loop, self.watch_loop, self.sync_loop, self.docker_events_loop,
+            self.prober_loop,
             *(plugin.run for plugin in self.plugins),
         ]
         tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(loop()) for loop in loops]
