@@ -279,6 +279,7 @@ class Agent:
             except Exception as err:
                 log.warning("docker events stream ended: %s", err)
             await asyncio.sleep(1.0)
+            self.wake.set()  # what happened while the stream was down went unheard: look again
 
     async def prober_loop(self) -> None:
         await self.prober.run(on_change=lambda _names: self.wake.set())

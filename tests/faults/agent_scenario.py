@@ -2,7 +2,7 @@
 and bench/chaos.py: real agents on real Docker serving web x2 behind web-lb x2 behind an edge on
 every machine, with requests going in through one machine's edge.
 
-    c = LocalCluster(etcd.url, prefix, machines=4, machine_ttl=3)
+    c = FaultCluster(etcd.url, prefix, machines=4, machine_ttl=3)
     with c:
         edge_port = start_scenario(c)
         url = edge_url(c, "m2", edge_port)
@@ -19,11 +19,20 @@ from typing import Any, TypeVar
 
 from cluster_fixture import LocalCluster
 
-from controlplane.devproc import port_free
+from controlplane.devproc import free_port, port_free
 
 HOST = "someapp.mywebsite.com"
 SERVED = ("web", "web-lb")  # the units the edge's traffic goes through
 T = TypeVar("T")
+
+
+class FaultCluster(LocalCluster):
+    """A LocalCluster whose agents take free log ports and serve no /metrics: other clusters (a
+    ``cpctl dev`` of the e2e tests) may use the same 127.0.1.N addresses at the same time."""
+
+    def start_agent(self, machine: str, *, extra: list[str] | None = None) -> None:
+        port = free_port(self.address(machine))
+        super().start_agent(machine, extra=["--agent-port", str(port), "--metrics-listen", "off", *(extra or [])])
 
 
 def edge_port_for(c: LocalCluster) -> int:

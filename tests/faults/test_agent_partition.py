@@ -32,6 +32,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_partition import AgentPartition, Direction, remove_leftovers, skip_without_iptables  # noqa: E402
 from agent_scenario import (  # noqa: E402
+    FaultCluster,
     convergence_problem,
     edge_answers,
     edge_url,
@@ -80,7 +81,7 @@ class PartitionRun:
 def scenario(etcd: Any) -> Iterator[Scenario]:
     skip_without_iptables()
     remove_leftovers()
-    with LocalCluster(etcd.url, f"/cp-fault-agent/{time.monotonic_ns()}", machines=MACHINES,
+    with FaultCluster(etcd.url, f"/cp-fault-agent/{time.monotonic_ns()}", machines=MACHINES,
                       machine_ttl=TTL) as c:
         try:
             port = start_scenario(c)
