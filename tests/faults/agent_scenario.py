@@ -6,7 +6,10 @@ every machine, with requests going in through one machine's edge.
     with c:
         edge_port = start_scenario(c)
         url = edge_url(c, "m2", edge_port)
-        wait_until(lambda: converged(c), timeout=30, what="the scenario")
+        wait_until(lambda: converged(c.api_get), timeout=30, what="the scenario")
+
+The checks take a ``get(path)`` (``LocalCluster.api_get``, or bench/chaos.py's getter that fails
+over between API servers) rather than the cluster, so they work while one server is down.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from cluster_fixture import LocalCluster
@@ -24,6 +27,7 @@ from controlplane.devproc import free_port, port_free
 HOST = "someapp.mywebsite.com"
 SERVED = ("web", "web-lb")  # the units the edge's traffic goes through
 T = TypeVar("T")
+Getter = Callable[[str], Any]  # "instances" -> the parsed GET /api/v1/instances
 
 
 class FaultCluster(LocalCluster):
@@ -74,37 +78,48 @@ def edge_answers(url: str, *, timeout: float = 2.0) -> bool:
         return False
 
 
-def placement(c: LocalCluster) -> dict[str, str]:
+def placement(get: Getter) -> dict[str, str]:
     """Instance name -> the machine it is bound to ("" while pending)."""
-    return {i["metadata"]["name"]: i["spec"].get("machine") or "" for i in c.instances()}
+    return {i["metadata"]["name"]: i["spec"].get("machine") or "" for i in get("instances")["items"]}
 
 
-def ready_machines(c: LocalCluster) -> set[str]:
-    return {m["metadata"]["name"] for m in c.api_get("machines")["items"] if m["status"].get("state") == "Ready"}
+def ready_machines(get: Getter) -> set[str]:
+    return {m["metadata"]["name"] for m in get("machines")["items"] if m["status"].get("state") == "Ready"}
 
 
-def convergence_problem(c: LocalCluster, *, units: dict[str, int] | None = None) -> str | None:
-    """None when every unit (its spec's replicas, or ``units``) runs exactly its replicas, each
-    bound to a Ready machine, Running and ready, and no Endpoint names a machine that is not
-    Ready; else what is still wrong."""
-    ready = ready_machines(c)
-    wanted = units or {u["metadata"]["name"]: u["spec"].get("replicas", 1) for u in c.api_get("units")["items"]
-                       if not u["spec"].get("global")}
+def convergence_problem(get: Getter, *, units: dict[str, int] | None = None,
+                        running: Mapping[str, str] | None = None) -> str | None:
+    """None when every unit (or only ``units``, name -> replicas) runs exactly its replicas, each
+    bound to a Ready machine, Running and ready, every global instance on a Ready machine is
+    Running and ready, and no Endpoint names a machine that is not Ready; else what is wrong.
+    With ``running`` (instance -> the short id of its one running container, from Docker) each
+    such status must also name that container: a status the API holds is not just old news."""
+    ready = ready_machines(get)
+    specs = {u["metadata"]["name"]: u["spec"] for u in get("units")["items"]}
+    everything = units is None
+    wanted = units or {name: spec.get("replicas", 1) for name, spec in specs.items() if not spec.get("global")}
     by_unit: dict[str, list[dict[str, Any]]] = {}
-    for inst in c.instances():
+    for inst in get("instances")["items"]:
         by_unit.setdefault(inst["spec"]["unit"], []).append(inst)
     for unit, replicas in sorted(wanted.items()):
         names = sorted(i["metadata"]["name"] for i in by_unit.get(unit, []))
         if names != sorted(f"{unit}-{n}" for n in range(replicas)):
             return f"{unit} has instances {names}, wants {replicas}"
     for unit, items in sorted(by_unit.items()):
+        if unit not in wanted and not everything:
+            continue
         for inst in items:
             machine, status = inst["spec"].get("machine"), inst.get("status") or {}
             if machine in ready and not (status.get("phase") == "Running" and status.get("ready")):
-                return f"{inst['metadata']['name']} on {machine}: {status.get('phase')} ready={status.get('ready')}"
+                return (f"{inst['metadata']['name']} on {machine}: {status.get('phase')} ready={status.get('ready')} "
+                        f"{status.get('reason')}: {status.get('message')}")
+            if running is not None and machine in ready and status.get("containerID", "")[:12] != running.get(
+                    inst["metadata"]["name"]):
+                return (f"{inst['metadata']['name']}: the status names container {status.get('containerID', '')[:12]}, "
+                        f"Docker runs {running.get(inst['metadata']['name'])}")
             if machine not in ready and unit in wanted:
                 return f"{inst['metadata']['name']} bound to {machine!r}, not a Ready machine"
-    for ep in c.api_get("endpoints")["items"]:
+    for ep in get("endpoints")["items"]:
         stale = [e for e in ep.get("endpoints") or [] if e.get("machine") not in ready]
         if stale:
             return f"endpoints {ep['metadata']['name']} still name {stale[0].get('machine')}"
@@ -126,5 +141,20 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last: {last!r}")
 
 
-def converged(c: LocalCluster, *, units: dict[str, int] | None = None) -> bool:
-    return convergence_problem(c, units=units) is None
+def wait_converged(get: Getter, *, timeout: float, units: dict[str, int] | None = None,
+                   running: Callable[[], Mapping[str, str]] | None = None, what: str = "convergence") -> None:
+    """Wait until ``convergence_problem`` is None; the timeout's message says what was still wrong."""
+    still = ["not asked yet"]
+
+    def check() -> bool:
+        still[0] = convergence_problem(get, units=units, running=running() if running else None) or ""
+        return not still[0]
+
+    try:
+        wait_until(check, timeout=timeout, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; still: {still[0]}") from None
+
+
+def converged(get: Getter, *, units: dict[str, int] | None = None) -> bool:
+    return convergence_problem(get, units=units) is None

@@ -70,6 +70,11 @@ def running_copies(socket_path: str, cluster: str, *, timeout: float = 2.0) -> t
     return tuple(sorted(copies, key=lambda r: (r.instance, r.machine)))
 
 
+def running_by_instance(cluster: str, *, socket_path: str = "/var/run/docker.sock") -> dict[str, str]:
+    """Instance -> the short id of its running container (the last one listed, if two run)."""
+    return {copy.instance: copy.container for copy in running_copies(socket_path, cluster)}
+
+
 class DockerSampler(threading.Thread):
     def __init__(self, cluster: str, *, socket_path: str = "/var/run/docker.sock", interval: float = 0.1) -> None:
         super().__init__(daemon=True)
