@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from agent_partition import AgentPartition, Direction  # noqa: E402
 from agent_scenario import SERVED, FaultCluster, start_scenario, wait_converged, wait_until  # noqa: E402
 from apiserver_fixture import ApiServer  # noqa: E402
 from etcd_fixture import EtcdCluster  # noqa: E402
-from fault_watch import DockerSampler, RunningCopy, running_copies  # noqa: E402
+from fault_watch import DockerSampler, RunningCopy, running_by_instance, running_copies  # noqa: E402
 
 TOKEN = "admin-token"
 
@@ -82,6 +82,11 @@ class Rig:
     edge_port: int
     entry: str  # the machine whose edge the load goes through (never partitioned)
     sampler: DockerSampler
+    fences: list[float] = field(default_factory=list)  # per partition: cut -> the machine ran nothing
+
+    def docker(self) -> dict[str, str]:
+        """Instance -> its running container, from Docker (statuses must name these)."""
+        return running_by_instance(self.cluster.cluster, socket_path=self.sampler.socket_path)
 
 
 @contextlib.contextmanager
@@ -197,6 +202,7 @@ def partition(direction: Direction) -> Fault:
     def inject(rig: Rig, rng: random.Random) -> tuple[str, float]:
         c = rig.cluster
         victim = rng.choice([m for m in c.names if m != rig.entry])
+        ran = sorted(x.instance for x in running_copies(rig.sampler.socket_path, c.cluster) if x.machine == victim)
         cuts = [AgentPartition(c.address(victim), api.port, direction) for api in rig.apis]
         cut_at = time.monotonic()
         try:
@@ -204,12 +210,14 @@ def partition(direction: Direction) -> Fault:
                 cut.cut()
             fenced = wait_until(lambda: not_running_on(rig, victim, cut_at), timeout=c.api.machine_ttl + 15,
                                 what=f"{victim} to fence", interval=0.1)
-            wait_converged(rig.api.get, units={"web": 2, "web-lb": 2}, timeout=60,
+            wait_converged(rig.api.get, units={"web": 2, "web-lb": 2}, running=rig.docker, timeout=60,
                            what=f"web and web-lb to run without {victim}")
         finally:
             for cut in cuts:
                 cut.heal()
-        return f"{victim} cut {direction}, fenced +{fenced - cut_at:.1f}s", time.monotonic()
+        rig.fences.append(fenced - cut_at)
+        return (f"{victim} cut {direction} ({len(ran)} running: {', '.join(ran)}), all stopped "
+                f"+{fenced - cut_at:.1f}s", time.monotonic())
     return inject
 
 

@@ -17,8 +17,8 @@ until acknowledged); Docker is sampled every 100 ms. One fault at a time, chosen
 - the leading API server SIGKILLed and started again within 2 s.
 
 After each heal, with the churn paused: every machine is Ready again; every unit converges to
-its replicas (each instance Running and ready on a Ready machine; no Endpoint names a machine
-that is not Ready); every acknowledged write is what the API holds; no two running containers
+its replicas (each instance Running and ready on a Ready machine, its status naming the
+container Docker runs; no Endpoint names a machine that is not Ready); every acknowledged write is what the API holds; no two running containers
 ever carried one instance since the fault began; the edge answers 200. A fault *survived* when
 all of these held. Per fault type it prints faults injected, survived, and the worst window of
 failed requests (first failure to last, from the injection to the checks' end), the most
@@ -32,6 +32,7 @@ import argparse
 import random
 import shutil
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def check_invariants(rig: Rig, churn: Churn, since: float) -> tuple[list[str], f
         names = set(rig.cluster.names)
         try:
             wait_until(lambda: ready_machines(rig.api.get) == names, timeout=40, what="every machine Ready")
-            wait_converged(rig.api.get, timeout=90)
+            wait_converged(rig.api.get, running=rig.docker, timeout=90)
         except AssertionError as err:
             problems.append(str(err))
         converged_at = time.monotonic()
@@ -125,11 +126,14 @@ def faults(rng: random.Random, deadline: float) -> Iterator[str]:
         yield rng.choice(kinds)
 
 
-def table(tallies: dict[str, Tally], minutes: float, seed: int, load: EdgeLoad, churn: Churn) -> str:
+def table(tallies: dict[str, Tally], minutes: float, seed: int, load: EdgeLoad, churn: Churn, *,
+          fences: list[float], ttl: int) -> str:
     lines = [
         f"chaos: {minutes:g} min, seed {seed}: {len(load.results)} requests through the edge, "
         f"{len(failures(list(load.results)))} failed; churn writes acknowledged {dict(churn.acked)}, "
         f"{churn.retries} retried",
+        f"partitions: the cut-off machine ran nothing any more {max(fences):.1f} s after the cut at worst "
+        f"(median {statistics.median(fences):.1f} s; machine TTL {ttl} s, fencing at 80 %)" if fences else "",
         "",
         "| fault | injected | survived | worst failed-request window | most requests failed | worst recovery |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -172,7 +176,7 @@ def chaos(args: argparse.Namespace) -> int:
             churn.stop()
             load.stop()
         print()
-        print(table(tallies, args.minutes, args.seed, load, churn))
+        print(table(tallies, args.minutes, args.seed, load, churn, fences=rig.fences, ttl=args.ttl))
         if any(t.problems for t in tallies.values()):
             keep_logs(rig, Path(f"/tmp/cp-chaos-logs-{args.seed}"))
     violations = [p for t in tallies.values() for p in t.problems]

@@ -17,7 +17,10 @@ is sampled every 100 ms (tests/faults/fault_watch.py). Each direction is its own
 - the requests that failed, and the span from the first to the last, are printed; the span is
   bounded by TTL + 3 s;
 - after the heal the machine unfences, is Ready again, runs its edge again and nothing else of
-  what moved: every unit converges, and the edge answers.
+  what moved: every unit converges, and the edge answers;
+- and statuses stay right: 8 s after the heal (when TCP has delivered whatever request the cut
+  held back, such as the status write about the killed edge) every status still names the
+  container Docker runs.
 """
 
 from __future__ import annotations
