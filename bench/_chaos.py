@@ -10,6 +10,7 @@ it, and returns when it healed; bench/chaos.py then checks the invariants.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import random
 import re
@@ -61,7 +62,7 @@ class Api:
                     last = err
                     continue
                 return err.code, None
-            except OSError as err:
+            except (OSError, ValueError, http.client.HTTPException) as err:  # no answer, or cut short
                 last = err
         raise ConnectionError(f"no API server answered {method} {path}: {last}")
 
@@ -132,7 +133,10 @@ class Churn(threading.Thread):
         while not self.stopping.wait(self.interval):
             with self.lock:
                 if not self.stopping.is_set():
-                    self.step()
+                    try:
+                        self.step()
+                    except Exception as err:  # noqa: BLE001 - reported as a violation, the churn goes on
+                        self.never_acked.append(f"churn step failed: {err!r}")
 
     def step(self) -> None:
         live = sorted(n for n, r in self.expected.items() if r is not None)

@@ -14,8 +14,8 @@ over between API servers) rather than the cluster, so they work while one server
 
 from __future__ import annotations
 
+import http.client
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -74,7 +74,7 @@ def edge_answers(url: str, *, timeout: float = 2.0) -> bool:
         request = urllib.request.Request(url, headers={"Host": HOST})
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status == 200
-    except (urllib.error.URLError, OSError):
+    except (OSError, http.client.HTTPException):
         return False
 
 
@@ -133,7 +133,7 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
     while time.monotonic() < deadline:
         try:
             last = check()
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, http.client.HTTPException) as err:
             last = err
         if last and not isinstance(last, Exception):
             return last

@@ -163,7 +163,7 @@ class EdgeLoad:
                     status = resp.status
             except urllib.error.HTTPError as err:
                 status = err.code
-            except OSError:
+            except (OSError, http.client.HTTPException):  # refused, reset, timed out, cut short
                 status = 0
             self.results.append((started, time.monotonic() - started, status))  # list.append is atomic
             self.stopping.wait(self.pause)
