@@ -41,6 +41,7 @@ from controlplane.model import DEFAULT_PROXY_IMAGE, Instance, InstanceStatus
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
+FENCE_CHECK_SECONDS = 0.1
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Agent:
         self.ttl = 5.0
         self.last_contact = clock()
         self.fenced = False
+        self.fencing = asyncio.Event()  # set while fenced: abandons a status report in flight
         self.registered = asyncio.Event()
         self.log_signing_keys: list[object] = []  # from heartbeat replies: what the log endpoint trusts
         self.synced_once = asyncio.Event()
@@ -128,19 +130,31 @@ class Agent:
                     self.relist.set()
                     log.warning("reached the API again: unfencing")
                     self.fenced = False
+                    self.fencing.clear()
                     self.metrics.set_fenced(False)
                     self.wake.set()
             except (CPError, TimeoutError) as err:
                 self.metrics.observe_heartbeat(ok=False)
-                silent = self.clock() - self.last_contact
-                log.warning("heartbeat failed (%.1fs without the API): %s", silent, err)
-                if not self.fenced and silent >= self.fence_after:
-                    log.error("no API for %.1fs (fence after %.1fs): stopping this machine's instances",
-                              silent, self.fence_after)
-                    self.fenced = True
-                    self.metrics.set_fenced(True)
-                    self.wake.set()
+                log.warning("heartbeat failed (%.1fs without the API): %s", self.clock() - self.last_contact, err)
+                self.fence_if_silent()
             await asyncio.sleep(max(min(self.ttl / 4, 1.0), 0.1))
+
+    def fence_if_silent(self) -> None:
+        silent = self.clock() - self.last_contact
+        if not self.fenced and silent >= self.fence_after:
+            log.error("no API for %.1fs (fence after %.1fs): stopping this machine's instances",
+                      silent, self.fence_after)
+            self.fenced = True
+            self.fencing.set()
+            self.metrics.set_fenced(True)
+            self.wake.set()
+
+    async def fence_loop(self) -> None:
+        """Fencing on its own timer: a heartbeat that hangs for its whole timeout must not put it
+        off past ``fence_after`` (and so past the TTL, when the machine's copies are replaced)."""
+        while True:
+            self.fence_if_silent()
+            await asyncio.sleep(FENCE_CHECK_SECONDS)
 
     # ---- instances bound here ----
     async def watch_loop(self) -> None:
@@ -195,7 +209,7 @@ class Agent:
                 result = await self.executor.sync(self.desired())
                 self.metrics.observe_containers(c.state for c in self.executor.last_listed)
                 requeue = result.requeue_after
-                await self.report(result.statuses)
+                await self.report_unless_fenced(result.statuses)
                 self.metrics.sync_seconds.observe(time.perf_counter() - started)
                 self.synced_once.set()
             except HostKeyRefused:
@@ -212,6 +226,20 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
 
+    async def report_unless_fenced(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
+        """``report``, abandoned when the machine fences meanwhile: a status write to an API that
+        stopped answering hangs for the client's timeout (per server), and the sync that stops
+        the copies must not wait for it. A status not written is written by a later sync."""
+        report = asyncio.ensure_future(self.report(statuses))
+        fencing = asyncio.ensure_future(self.fencing.wait())
+        try:
+            await asyncio.wait({report, fencing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fencing.cancel()
+            report.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await report
+
     async def report(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         if self.fenced:
             return
@@ -224,13 +252,24 @@ class Agent:
             for plugin in self.plugins:
                 wire.update(plugin.status_fields(name, wire))
             self._tell_container(name, wire.get("containerID") or "")
-            if self.reported.get(name) == wire:
+            if self.reported.get(name) == wire and self._api_holds(inst, wire):
                 continue
             writes.append(self._put_status(name, wire))
         for name in [n for n in self.containers if n not in self.instances]:
             del self.containers[name]
         if writes:
             await asyncio.gather(*writes)
+
+    @staticmethod
+    def _api_holds(inst: Mapping[str, Any], wire: Mapping[str, Any]) -> bool:
+        """The API's copy (as watched) agrees with ``wire``. Written once is not enough: a stale
+        write can land later (a request stuck in a partition is delivered after the heal), and
+        what the API holds is what the proxies and the controllers act on."""
+        held = inst.get("status") or {}
+        differs = sorted(key for key, value in wire.items() if held.get(key) != value)
+        if differs:
+            log.debug("status of %s: the API holds other %s: writing it again", inst["metadata"]["name"], differs)
+        return not differs
 
     def wire_status(self, status: Mapping[str, Any], *, epoch: int) -> InstanceStatus:
         """The executor's status as written: no nulls but ``exitCode``, with the binding it is about."""
@@ -252,6 +291,8 @@ class Agent:
         try:
             await self.client.put_status("instances", name, {"metadata": {"name": name}, "status": status})
             self.reported[name] = status
+            if name in self.instances:  # what the API holds now, until its watch says otherwise
+                self.instances[name] = {**self.instances[name], "status": dict(status)}
         except (NotFound, Conflict):
             pass
         except CPError as err:
@@ -268,13 +309,15 @@ class Agent:
             except Exception as err:
                 log.warning("docker events stream ended: %s", err)
             await asyncio.sleep(1.0)
+            self.wake.set()  # what happened while the stream was down went unheard: look again
 
     async def prober_loop(self) -> None:
         await self.prober.run(on_change=lambda _names: self.wake.set())
 
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [
-            self.heartbeat_loop, self.watch_loop, self.sync_loop, self.docker_events_loop, self.prober_loop,
+            self.heartbeat_loop, self.fence_loop, self.watch_loop, self.sync_loop, self.docker_events_loop,
+            self.prober_loop,
             *(plugin.run for plugin in self.plugins),
         ]
         tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(loop()) for loop in loops]

@@ -119,12 +119,18 @@ class Executor:
 
     async def apply(self, actions: Sequence[Action]) -> SyncResult:
         result = SyncResult(statuses={}, actions=list(actions))
-        primaries: list[Action] = []
+        primaries = [a for a in actions if a.kind not in ("stop", "remove")]
+        # each container's stop-then-remove in order, the containers at once: a fencing machine
+        # stops all its copies in the time of the slowest, not of their sum
+        retiring: dict[str | None, list[Action]] = {}
         for action in actions:
             if action.kind in ("stop", "remove"):
-                await self._retire(action, result)
-            else:
-                primaries.append(action)
+                retiring.setdefault(action.container_id, []).append(action)
+        retired = await asyncio.gather(*(self._retire_each(g, result) for g in retiring.values()),
+                                       return_exceptions=True)
+        for failure in retired:
+            if isinstance(failure, BaseException):
+                raise failure  # RuntimeUnavailable: the engine is gone; the others have finished
         running: dict[str, tuple[DesiredInstance, Container]] = {}
         outcomes = await asyncio.gather(*(self._primary(a, result) for a in primaries))
         for action, (status, container) in zip(primaries, outcomes, strict=True):
@@ -144,6 +150,10 @@ class Executor:
         return result
 
     # --- actions ---------------------------------------------------------------------------
+    async def _retire_each(self, actions: Sequence[Action], result: SyncResult) -> None:
+        for action in actions:
+            await self._retire(action, result)
+
     async def _retire(self, action: Action, result: SyncResult) -> None:
         assert action.container_id is not None
         log.info("%s %s (%s): %s", action.kind, action.instance, action.container_id[:12], action.reason)

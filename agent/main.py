@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import cast
+from urllib.parse import urlsplit
 
 import click
 from aiohttp import web
@@ -29,6 +31,7 @@ from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
 from agent.secretenv import Scrubber, install_log_filter
 from controlplane.client import Client
 from controlplane.model import DEFAULT_PROXY_IMAGE
+from controlplane.servers import parse_servers
 
 log = logging.getLogger("cp-agent")
 
@@ -54,6 +57,44 @@ def host_capacity() -> tuple[float, int]:
     except (ValueError, OSError):
         memory_mb = 0
     return cpu, memory_mb
+
+
+def source_problem(address: str, servers: str, *, local: bool) -> str | None:
+    """Why the API connections cannot come from ``address`` (None: they can). Pure: ``local`` says
+    whether this host owns it. A loopback source cannot reach another host, nor IPv4 an IPv6 one."""
+    if not local:
+        return "not an address of this host"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP address"
+    for url in parse_servers(servers):
+        host = urlsplit(url).hostname or ""
+        try:
+            server_ip = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+        except ValueError:
+            server_ip = None  # a host name: only a loopback source is known not to reach it
+        if server_ip is not None and server_ip.version != ip.version:
+            return f"the server {url} is IPv{server_ip.version}"
+        if ip.is_loopback and not (server_ip is not None and server_ip.is_loopback):
+            return f"a loopback address cannot reach the server {url}"
+    return None
+
+
+def source_address(address: str, servers: str) -> str | None:
+    """The source address of the agent's API connections: ``--address`` when it can be (so one
+    machine's traffic can be told from another's, and cut off alone); else the kernel's choice."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+            probe.bind((address, 0))
+        local = True
+    except OSError:
+        local = False
+    problem = source_problem(address, servers, local=local)
+    if problem is not None:
+        log.info("API connections from the default source address, not %s: %s", address, problem)
+        return None
+    return address
 
 
 def make_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | None) -> Runtime:
@@ -111,7 +152,8 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
         token, exchange_later = await redeem_join_token(server, token, token_file, ca=ca)
     runtime = await open_runtime(docker, known_hosts=known_hosts, ssh_key=ssh_key)
     metrics = AgentMetrics()
-    client = Client(server, token=token, ca=ca, timeout=5.0, on_error=metrics.api_error)
+    client = Client(server, token=token, ca=ca, timeout=5.0, on_error=metrics.api_error,
+                    local_address=source_address(config.address, server))
     proxies = ProxyManager(client, runtime, cluster=config.cluster, machine=config.machine,
                            address=config.address, state_dir=Path(config.state_dir), metrics=metrics)
     # Docker engines load missing images the cluster serves at /dist/ (the proxy image: agent/distimages.py)

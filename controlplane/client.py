@@ -57,11 +57,14 @@ class Client:
     ``timeout`` bounds each ordinary request (per server tried); watches and followed logs are
     long-lived and are bounded only by the connect timeout and their own ``timeout_seconds``.
     ``on_error`` hears every error met, one per server tried (the agent counts them by reason).
+    ``local_address`` is the source address of every connection (the agent's machine address).
     """
 
     def __init__(self, server: str | Sequence[str], *, token: str | None = None, ca: str | None = None,
-                 timeout: float = 10.0, on_error: Callable[[CPError], None] | None = None) -> None:
+                 timeout: float = 10.0, on_error: Callable[[CPError], None] | None = None,
+                 local_address: str | None = None) -> None:
         self.servers = ServerList(server)
+        self.local_address = local_address
         self.token = token
         self.ca = ca
         self.timeout = timeout
@@ -102,7 +105,8 @@ class Client:
             headers = {"Accept": JSON, "User-Agent": "controlplane-client"}
             if self.token:
                 headers["Authorization"] = f"Bearer {self.token}"
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=64)
+            local = (self.local_address, 0) if self.local_address else None
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=64, local_addr=local)
             self._session = aiohttp.ClientSession(headers=headers, connector=connector)
         return self._session
 
