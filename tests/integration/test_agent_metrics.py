@@ -14,12 +14,17 @@ from agent_process import AgentProcess
 from apiserver_fixture import ApiServer
 from docker_fixture import build_local_images
 from machine_helper import call, wait_for
+from promtool_fixture import promtool_path
 from test_api_failover_clients import UNIT, sample
-from test_metrics import promtool  # noqa: F401 - the session fixture that finds or fetches promtool
 
 from controlplane import __version__
 
 pytestmark = [pytest.mark.docker]
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    return promtool_path()
 
 
 def scrape(url: str) -> str:

@@ -10,43 +10,21 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from apiserver_fixture import ApiServer
+from promtool_fixture import promtool_path
 
 from controlplane import __version__
-
-PROMTOOL_CACHE = Path("/tmp/cp-promtool/promtool")
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    on_path = shutil.which("promtool")
-    if on_path:
-        return on_path
-    if PROMTOOL_CACHE.exists():
-        return str(PROMTOOL_CACHE)
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-        pytest.skip("promtool not found and no apt-get/dpkg-deb to fetch Debian's prometheus package")
-    with tempfile.TemporaryDirectory(prefix="cp-promtool-") as tmp:
-        got = subprocess.run(["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True,
-                             timeout=300)
-        debs = list(Path(tmp).glob("prometheus_*.deb"))
-        if got.returncode != 0 or not debs:
-            pytest.skip(f"apt-get download prometheus failed: {got.stderr.strip()[-500:]}")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(Path(tmp) / "x")], check=True, timeout=120)
-        PROMTOOL_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        partial = PROMTOOL_CACHE.with_suffix(".partial")
-        shutil.copy2(Path(tmp) / "x" / "usr" / "bin" / "promtool", partial)
-        partial.replace(PROMTOOL_CACHE)
-    return str(PROMTOOL_CACHE)
+    return promtool_path()
 
 
 def call(api: ApiServer, method: str, path: str, body: object = None, token: str = "admin-token") -> int:
