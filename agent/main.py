@@ -30,6 +30,7 @@ from agent.proxy.manager import ProxyManager
 from agent.runtime.base import HostKeyRefused, Runtime, RuntimeUnavailable
 from agent.secretenv import Scrubber, install_log_filter
 from controlplane.client import Client
+from controlplane.metadata_flag import parse_metadata as parse_metadata_flag
 from controlplane.model import DEFAULT_PROXY_IMAGE
 from controlplane.servers import parse_servers
 
@@ -37,16 +38,11 @@ log = logging.getLogger("cp-agent")
 
 
 def parse_metadata(text: str) -> dict[str, str]:
-    """``k=v,k=v`` -> labels (fleet's machine metadata)."""
-    labels: dict[str, str] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected k=v, got {part!r}", param_hint="--metadata")
-        labels[key.strip()] = value.strip()
-    return labels
+    """``k=v,k=v`` -> labels (fleet's machine metadata; controlplane/metadata_flag.py)."""
+    try:
+        return parse_metadata_flag(text)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--metadata") from None
 
 
 def host_capacity() -> tuple[float, int]:

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from controlplane.distfiles import PROJECT, SHA256_HEX, safe_name, wheel_name_version
-from controlplane.validators import DNS_LABEL, LABEL_KEY, LABEL_VALUE
+from controlplane.metadata_flag import parse_metadata as parse_metadata_flag
+from controlplane.validators import DNS_LABEL
 
 DEFAULT_DOCKER = "unix:///var/run/docker.sock"
 CA_FILE = "/etc/controlplane/ca.pem"
@@ -71,19 +72,11 @@ def parse_servers(text: str) -> tuple[str, ...]:
 
 
 def parse_metadata(text: str) -> dict[str, str]:
-    """``k=v,k=v`` -> machine labels, each a valid label key and value."""
-    labels: dict[str, str] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not LABEL_KEY.fullmatch(key) or len(key) > 253:
-            raise JoinConfigError(f"--metadata: expected k=v with a label key, got {part!r}")
-        if len(value) > 63 or not LABEL_VALUE.fullmatch(value):
-            raise JoinConfigError(f"--metadata: {value!r} (for {key!r}) is not a label value")
-        labels[key] = value
-    return labels
+    """``k=v,k=v`` -> machine labels (controlplane/metadata_flag.py), as a JoinConfigError when bad."""
+    try:
+        return parse_metadata_flag(text)
+    except ValueError as err:
+        raise JoinConfigError(f"--metadata: {err}") from None
 
 
 def check_address(address: str) -> str:
