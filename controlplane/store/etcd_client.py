@@ -19,7 +19,8 @@ Watches need care: a watch stream carries the token it was opened with, and etcd
 every watch created on the stream. After a new token, new watches go to a new stream (existing
 ones keep running on theirs). aetcd also takes a watch that etcd creates and cancels at once
 (an expired token, no permission) for a live one that never delivers; ``_Watcher`` turns that
-into an error, ``WatchRefused``, carrying etcd's reason.
+into an error, ``WatchRefused``, carrying etcd's reason; and it may swallow the cancellation of
+a task that is creating a watch, which ``watch`` notices and raises again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ log = logging.getLogger("controlplane.store.etcd")
 
 # etcd's rpctypes.MetadataRequireLeaderKey / MetadataHasLeader
 REQUIRE_LEADER: tuple[tuple[str, str], ...] = (("hasleader", "true"),)
+
+
+def _cancel_was_swallowed() -> bool:
+    """True when this task was cancelled but an ``await`` returned normally all the same.
+
+    aetcd waits for a watch to be created with ``asyncio.wait_for``, which on Python 3.11 returns
+    the result instead of raising CancelledError when the cancellation and the answer come
+    together; the task would then follow a watch nobody will ever cancel again (a watch cache's
+    ``stop()``, and so the server's exit, waited forever).
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class WatchRefused(aetcd.ClientError):
@@ -166,6 +179,9 @@ class SecureClient(aetcd.Client):
 
         callback = await watcher.add_callback(key, deliver, range_end=range_end, start_revision=start_revision,
                                               prev_kv=prev_kv)
+        if _cancel_was_swallowed():
+            await watcher.cancel(callback.watch_id)
+            raise asyncio.CancelledError
         canceled = asyncio.Event()
 
         async def cancel() -> None:

@@ -1,7 +1,7 @@
 """Fixtures of the fault tests (tests/faults): real processes, cut apart with iptables on loopback.
 
-- every test here is skipped unless it runs as root with a working iptables (partition.py);
-- ``partition``: a fresh ``Partition`` whose rules are removed after the test, pass or fail;
+- ``partition``: a fresh ``Partition`` whose rules are removed after the test, pass or fail; a
+  test that takes it is skipped unless it runs as root with a working iptables (partition.py);
 - at the end of the session, any rule this process left behind (a test killed in the middle
   of a ``with``) is removed too.
 
@@ -26,13 +26,9 @@ if _HERE not in sys.path:
 from partition import IPTABLES, Partition, iptables_usable, require_iptables  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _needs_iptables() -> None:
-    require_iptables()
-
-
 @pytest.fixture
 def partition() -> Iterator[Partition]:
+    require_iptables()
     cut = Partition()
     try:
         yield cut

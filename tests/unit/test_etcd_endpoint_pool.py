@@ -1,15 +1,21 @@
 """The failover plumbing of the etcd store without an etcd: endpoint parsing, which errors mean
-"try the next endpoint", and EndpointPool.call moving on (and giving up in bounded time)."""
+"try the next endpoint", EndpointPool.call moving on (and giving up in bounded time), and a
+watch whose creation swallowed its task's cancellation."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import types
 from typing import Any
 
 import aetcd
 import pytest
 
 from controlplane.errors import InsufficientStorage, StoreUnavailable
+from controlplane.store.etcd_access import EtcdAccess
+from controlplane.store.etcd_client import SecureClient
 from controlplane.store.etcd_failover import EndpointPool, is_retryable, parse_endpoint
 
 
@@ -119,3 +125,32 @@ async def test_a_full_etcd_is_insufficient_storage_at_once() -> None:
         assert caught.value.code == 507 and attempts == 1 and pool.current == 0  # every member is as full
     finally:
         await pool.close()
+
+
+class SwallowingWatcher:
+    """aetcd's Watcher as asyncio.wait_for (Python 3.11) leaves it when the created answer and the
+    task's cancellation come together: add_callback returns normally."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[int] = []
+
+    async def add_callback(self, key: bytes, callback: Any, **options: Any) -> Any:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(10)
+        return types.SimpleNamespace(watch_id=7)
+
+    async def cancel(self, watch_id: int) -> None:
+        self.cancelled.append(watch_id)
+
+
+async def test_a_cancellation_swallowed_while_a_watch_is_created_still_cancels() -> None:
+    client = SecureClient("127.0.0.1", 1, access=EtcdAccess(), tls=False, timeout=1, options={})
+    watcher = SwallowingWatcher()
+    client._connected.set()
+    client._watcher = watcher
+    task = asyncio.create_task(client.watch(b"/k"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert watcher.cancelled == [7]  # the watch etcd created is not left behind
