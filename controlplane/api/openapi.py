@@ -25,7 +25,6 @@ from controlplane.model import (
 )
 from controlplane.schema_errors import StatusSchema
 from controlplane.schemas import SCHEMAS, ScaleSchema
-from controlplane.secretref import SECRET_KEY
 from controlplane.validators import ENV_NAME, LABEL_KEY, LABEL_VALUE
 
 DESCRIPTION = f"""A fleet-style container scheduler with a Kubernetes-style REST API.
@@ -104,7 +103,10 @@ ADDRESS = {"anyOf": [{"type": "string", "maxLength": 0}, {"type": "string", "for
                      {"type": "string", "format": "ipv6"}],
            "description": "an IP literal, or empty until known; not unspecified, multicast, broadcast or "
                           "link-local"}
-SECRET_REF_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[-._a-zA-Z0-9]{1,253}$"
+# a Secret's key: 1-253 of [-._a-zA-Z0-9], but not "." or ".." (said without lookahead, for every client)
+_SECRET_KEY = r"([-_a-zA-Z0-9][-._a-zA-Z0-9]{0,252}|\.[-_a-zA-Z0-9][-._a-zA-Z0-9]{0,251}|\.\.[-._a-zA-Z0-9]{1,251})"
+SECRET_KEY_PATTERN = f"^{_SECRET_KEY}$"
+SECRET_REF_PATTERN = f"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/{_SECRET_KEY}$"
 # who sees what, for resources whose reads depend on the reader
 READ_NOTES = {
     "secrets": (
@@ -318,7 +320,7 @@ def _key_rules(schemas: dict[str, Any]) -> None:
         additionalProperties={"type": "string", "pattern": SECRET_REF_PATTERN,
                               "description": "secretname/key: that key of that Secret"})
     schemas["Secret"]["properties"]["data"].update(
-        propertyNames={"pattern": SECRET_KEY.pattern},
+        propertyNames={"pattern": SECRET_KEY_PATTERN},
         description=f"key -> value; keys and values together at most {SECRET_MAX_BYTES} bytes")
 
 
