@@ -296,14 +296,18 @@ async def test_describe_unit_and_instance(server: ApiServer) -> None:
         inst = await get_or_none(server, "instances", "desc-0")
         return str((inst or {}).get("status", {}).get("message") or "")
 
-    message = await until(placed_reason, what="desc-0's placement message")
+    before = await until(placed_reason, what="desc-0's placement message")
     unit = cpctl(server, "describe", "unit", "desc")
     assert unit.returncode == 0, unit.stderr
     assert "Name:           desc" in unit.stdout and "Spec:" in unit.stdout and "Status:" in unit.stdout
     assert "Instances:" in unit.stdout and "desc-0" in unit.stdout
     inst = cpctl(server, "describe", "i", "desc-0")
     assert inst.returncode == 0, inst.stderr
-    assert f"Placement:      {message}" in inst.stdout
+    # The message is the scheduler's live reason, and other tests' machines go NotReady while this one
+    # runs (the server is shared): the line shows the message of just before or just after the call.
+    after = await placed_reason()
+    placement = [line for line in inst.stdout.splitlines() if line.startswith("Placement:")]
+    assert placement and placement[0].removeprefix("Placement:").strip() in {before, after}, inst.stdout
     assert "Events:" in inst.stdout
 
 
