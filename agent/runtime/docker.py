@@ -287,28 +287,28 @@ class DockerRuntime:
             return False
         return True
 
+    async def _progress(self, what: str, path: str, **query: Any) -> None:
+        """POST an image job (pull, load) and read its JSON progress lines; an ``error`` line fails it."""
+        try:
+            async with self.docker._query(path, "POST", timeout=None, **query) as resp:
+                async for line in resp.content:
+                    try:
+                        message = json.loads(line) if line.strip() else None
+                    except ValueError:
+                        continue
+                    if isinstance(message, dict) and message.get("error"):
+                        raise ImagePullError(f"{what} failed: {message['error']}")
+        except DockerError as err:
+            raise ImagePullError(f"{what} failed: {err.message}") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise ImagePullError(f"{what} failed: {err}") from err
+
     async def pull(self, image: str) -> None:
         name, tag = image, "latest"
         last = image.rsplit("/", 1)[-1]
         if ":" in last and "@" not in image:
             name, _, tag = image.rpartition(":")
-        try:
-            async with self.docker._query(
-                "images/create", "POST", params={"fromImage": name, "tag": tag}, timeout=None
-            ) as resp:
-                async for line in resp.content:
-                    if not line.strip():
-                        continue
-                    try:
-                        message = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(message, dict) and message.get("error"):
-                        raise ImagePullError(f"pulling image {image!r} failed: {message['error']}")
-        except DockerError as err:
-            raise ImagePullError(f"pulling image {image!r} failed: {err.message}") from err
-        except (aiohttp.ClientError, OSError) as err:
-            raise ImagePullError(f"pulling image {image!r} failed: {err}") from err
+        await self._progress(f"pulling image {image!r}", "images/create", params={"fromImage": name, "tag": tag})
         if not await self.image_present(image):
             raise ImagePullError(f"pulling image {image!r} failed: the engine does not have it afterwards")
 
@@ -319,18 +319,8 @@ class DockerRuntime:
         except OSError as err:
             raise ImagePullError(f"loading {path} failed: {err}") from err
         try:
-            async with self.docker._query(
-                "images/load", "POST", params={"quiet": "1"}, data=tarball,
-                headers={"Content-Type": "application/x-tar"}, timeout=None,
-            ) as resp:
-                async for line in resp.content:
-                    message = json.loads(line) if line.strip().startswith(b"{") else {}
-                    if isinstance(message, dict) and message.get("error"):
-                        raise ImagePullError(f"loading {path} failed: {message['error']}")
-        except DockerError as err:
-            raise ImagePullError(f"loading {path} failed: {err.message}") from err
-        except (aiohttp.ClientError, OSError) as err:
-            raise ImagePullError(f"loading {path} failed: {err}") from err
+            await self._progress(f"loading {path}", "images/load", params={"quiet": "1"}, data=tarball,
+                                 headers={"Content-Type": "application/x-tar"})
         finally:
             tarball.close()
 

@@ -11,25 +11,15 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from apiserver_fixture import ApiServer, write_private
 from etcd_fixture import EtcdServer
-from test_api import Api, assert_status, start_api, stop_api, unit
+from inproc_api import Api, assert_status, unit
 
 HUGE = "9" * 4301  # int() refuses it: the 500 this file was written for
-
-
-@pytest.fixture
-async def api(etcd: EtcdServer, unique_prefix: str, tmp_path: Path) -> AsyncIterator[Api]:
-    server, store = await start_api(etcd.url, unique_prefix, tmp_path)
-    try:
-        yield server
-    finally:
-        await stop_api(server, store)
 
 
 def with_number(template: str, number: str) -> bytes:
