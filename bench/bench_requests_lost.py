@@ -47,59 +47,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controlplane import dev as devlib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "faults"))
+from fault_watch import EdgeLoad  # noqa: E402  (the load generator the fault tests and chaos.py use)
+
 HOST = "someapp.mywebsite.com"
 PREFIX = "127.0.3."
 MACHINES = 4
-
-
-@dataclass
-class Load:
-    url: str
-    threads: int
-    pause: float
-    timeout: float
-    results: list[tuple[float, float, int]] = field(default_factory=list)  # (start, latency, status)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    workers: list[threading.Thread] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _work(self) -> None:
-        request = urllib.request.Request(self.url, headers={"Host": HOST})
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                    resp.read()
-                    status = resp.status
-            except urllib.error.HTTPError as err:
-                status = err.code
-            except OSError:
-                status = 0  # refused, reset or timed out
-            with self.lock:
-                self.results.append((started, time.monotonic() - started, status))
-            if self.pause:
-                time.sleep(self.pause)
-
-    def start(self) -> None:
-        self.workers = [threading.Thread(target=self._work, daemon=True) for _ in range(self.threads)]
-        for w in self.workers:
-            w.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for w in self.workers:
-            w.join(self.timeout + 5)
 
 
 def cpctl(state: devlib.DevState, *args: str) -> None:
@@ -168,8 +130,7 @@ def run_arm(arm: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             after = {e["metadata"]["name"]: e.get("endpoints") for e in state.api("endpoints")["items"]}
             if after != endpoints:
                 raise RuntimeError("the baseline's restart moved instances; the comparison would be unfair")
-        load = Load(url, threads=args.threads, pause=args.pause, timeout=args.client_timeout)
-        load.start()
+        load = EdgeLoad(url, HOST, threads=args.threads, pause=args.pause, timeout=args.client_timeout).start()
         time.sleep(args.before)
         killed_at = time.monotonic()
         devlib.kill_machine(state, victim)
