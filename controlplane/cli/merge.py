@@ -11,7 +11,9 @@ A field in *new* whose value differs from *live* is set; a field in *last* that 
 *new* is removed (the server re-defaults it); every other field of *live* is left alone, so what
 someone else set (a machine's ``spec.unschedulable`` from ``cpctl cordon``, replicas from ``cpctl
 scale`` when the file names none) survives a re-apply. Maps merge key by key; lists are replaced
-whole (merge patch semantics). A Secret's annotation records its keys, never its values (a viewer
+whole (merge patch semantics), so a value of the file is compared with *live* as the server's
+schemas default it (``ports: [{containerPort: 80}]`` is the live ``[{containerPort: 80, hostPort:
+0, protocol: tcp}]``: unchanged) while the file's own value is what is sent. A Secret's annotation records its keys, never its values (a viewer
 sees annotations but not values).
 """
 
@@ -66,23 +68,28 @@ def with_record(obj: Mapping[str, Any]) -> dict[str, Any]:
     return form
 
 
-def three_way_patch(last: Mapping[str, Any], new: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch that makes ``live`` what ``new`` asks, removing what only ``last`` asked."""
+def three_way_patch(last: Mapping[str, Any], new: Mapping[str, Any], live: Mapping[str, Any], *,
+                    defaulted: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The merge patch that makes ``live`` what ``new`` asks, removing what only ``last`` asked.
+    ``defaulted`` is ``new`` as the server would default it: a value equal to live once defaulted
+    is no change."""
     patch: dict[str, Any] = {}
     for key in last:
         if key not in new and key in live:
             patch[key] = None
     for key, value in new.items():
         current = live.get(key)
+        with_defaults = (defaulted or {}).get(key, value)
         if isinstance(value, dict) and isinstance(current, dict):
             before = last.get(key)
-            sub = three_way_patch(before if isinstance(before, dict) else {}, value, current)
+            sub = three_way_patch(before if isinstance(before, dict) else {}, value, current,
+                                  defaulted=with_defaults if isinstance(with_defaults, dict) else None)
             if sub:
                 patch[key] = sub
         elif value is None:
             if key in live:
                 patch[key] = None
-        elif value != current:
+        elif value != current and with_defaults != current:
             patch[key] = _without_nulls(value)
     return patch
 
@@ -96,5 +103,17 @@ def _without_nulls(value: Any) -> Any:
 
 def apply_patch(obj: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
     """The patch ``cpctl apply`` sends for the file's ``obj`` against ``live`` ({}: nothing to do)."""
-    return three_way_patch(applied_form(last_applied(live)), with_record(obj), live)
+    new = with_record(obj)
+    return three_way_patch(applied_form(last_applied(live)), new, live, defaulted=_defaulted(new))
+
+
+def _defaulted(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """``obj`` as the server's schemas load it (None when they refuse it: the server will say why)."""
+    from controlplane.errors import CPError
+    from controlplane.schemas import load_object
+
+    try:
+        return load_object(str(obj.get("kind")), obj)
+    except CPError:
+        return None
 

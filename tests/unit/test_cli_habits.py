@@ -234,3 +234,12 @@ def test_history_is_bounded() -> None:
     assert [e["revision"] for e in bounded(many)] == list(range(30 - MAX_REVISIONS, 30))
     huge = [{"revision": n, "uid": "u1", "template": {"image": "x" * 300_000}} for n in range(1, 5)]
     assert [e["revision"] for e in bounded(huge)] == [3, 4]
+
+
+def test_a_list_the_server_defaulted_is_unchanged() -> None:
+    unit = {"kind": "Unit", "metadata": {"name": "api"}, "spec": {"image": "x", "ports": [{"containerPort": 8080}]}}
+    live = live_of(unit)
+    assert live["spec"]["ports"] == [{"containerPort": 8080, "hostPort": 0, "protocol": "tcp"}]
+    assert apply_patch(unit, live) == {}
+    other = {**unit, "spec": {"image": "x", "ports": [{"containerPort": 9090}]}}
+    assert apply_patch(other, live)["spec"] == {"ports": [{"containerPort": 9090}]}
