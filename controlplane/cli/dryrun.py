@@ -32,7 +32,14 @@ def dry_run_suffix(mode: str) -> str:
 
 
 def print_objects(objects: list[dict[str, Any]]) -> None:
-    """The objects a client dry run would have sent, as YAML documents."""
+    """The objects a client dry run would have sent, as YAML documents (a Secret's values redacted)."""
+    from controlplane.model import SECRET_REDACTED
+
     from .printers import dump_yaml
 
-    echo("---\n".join(dump_yaml(obj) for obj in objects).rstrip("\n"))
+    def shown(obj: dict[str, Any]) -> dict[str, Any]:
+        if obj.get("kind") == "Secret" and isinstance(obj.get("data"), dict):
+            return {**obj, "data": {key: SECRET_REDACTED for key in obj["data"]}}
+        return obj
+
+    echo("---\n".join(dump_yaml(shown(obj)) for obj in objects).rstrip("\n"))

@@ -146,6 +146,10 @@ def test_client_dry_run_sends_nothing(server: ApiServer, tmp_path: Path) -> None
         "unit/x deleted (dry run)"
     secret = cpctl(server, "create", "secret", "s", "--from-literal", "k=hunter2", "--dry-run=client", env=nowhere)
     assert secret.returncode == 0 and "hunter2" not in secret.stdout
+    secret_file = tmp_path / "s.yaml"
+    secret_file.write_text("kind: Secret\nmetadata: {name: s}\ndata: {k: hunter2}\n")
+    applied = cpctl(server, "apply", "-f", str(secret_file), "--dry-run=client", env=nowhere)
+    assert applied.returncode == 0 and "k: <redacted>" in applied.stdout and "hunter2" not in applied.stdout
 
 
 def test_the_server_refuses_an_unknown_dry_run_value(server: ApiServer) -> None:
