@@ -27,6 +27,7 @@ from controlplane.api.http import (
 )
 from controlplane.api.machines import delete_machine
 from controlplane.api.node_policy import NodeEventLimiter, check_node_event, check_node_instance_address
+from controlplane.api.revisions import forget as forget_revisions
 from controlplane.api.state import CONFIG, REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
@@ -239,7 +240,10 @@ async def delete_object(request: web.Request) -> web.Response:
         return json_response(request.app[REGISTRY].get(resource, name))
     if resource == "machines":
         return json_response(await delete_machine(request, name))
-    return json_response(await request.app[REGISTRY].delete(resource, name))
+    deleted = await request.app[REGISTRY].delete(resource, name)
+    if resource == "units":
+        await forget_revisions(request.app[REGISTRY], deleted)
+    return json_response(deleted)
 
 
 async def get_status(request: web.Request) -> web.Response:

@@ -8,13 +8,16 @@ that changes the template, so the unit and its history cannot disagree; a scale,
 or a status write leaves it alone (and costs no read).
 
 No key is written at create: a unit with no history (or one whose key belongs to an earlier unit
-of the same name: entries carry the unit's uid) has the one revision it runs. The history keeps
+of the same name: entries carry the unit's uid) has the one revision it runs. A unit's delete
+removes its key afterwards (``forget``; only if it still holds that unit's entries alone, so a
+unit created again meanwhile keeps its own). The history keeps
 at most ``MAX_REVISIONS`` entries and ``MAX_HISTORY_BYTES`` (the oldest go first), so the
 transaction stays within etcd's request size. ``GET /api/v1/units/NAME/revisions`` serves it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +27,7 @@ from aiohttp import web
 from controlplane.api.auth import authorize
 from controlplane.api.http import json_response
 from controlplane.api.state import REGISTRY, user_of
+from controlplane.errors import Conflict, NotFound
 from controlplane.model import API_VERSION, MAX_OBJECT_BYTES, now_rfc3339, template_of, unit_revisions_key
 from controlplane.registry import Registry
 
@@ -88,6 +92,23 @@ async def stored_history(registry: Registry, unit: str) -> list[Revision]:
     except ValueError:
         return []
     return [entry for entry in loaded if isinstance(entry, dict)] if isinstance(loaded, list) else []
+
+
+async def forget(registry: Registry, deleted: dict[str, Any]) -> None:
+    """Remove the history of the ``deleted`` unit, unless the key has changed hands since."""
+    key = unit_revisions_key(str(deleted["metadata"]["name"]))
+    kv = await registry.store.get(key)
+    if kv is None:
+        return
+    uid = str(deleted["metadata"].get("uid", ""))
+    try:
+        entries = json.loads(kv.value)
+    except ValueError:
+        entries = []
+    if isinstance(entries, list) and any(isinstance(e, dict) and e.get("uid") != uid for e in entries):
+        return
+    with contextlib.suppress(NotFound, Conflict):
+        await registry.store.delete(key, expected_revision=kv.mod_revision)
 
 
 def history_hook(registry: Registry) -> Any:

@@ -288,3 +288,25 @@ async def test_rollout_history_undo_and_status(server: ApiServer, tmp_path: Path
         items, _ = await api.list_all("instances", field_selector="spec.unit=rolled")
     assert len(items) == 2 and {i["spec"]["template"]["image"] for i in items} == {"local/web:1"}
     assert cpctl(server, "rollout", "status", "no-such-unit").returncode == 1
+
+
+async def test_a_deleted_unit_takes_its_history_along(server: ApiServer, tmp_path: Path) -> None:
+    from controlplane.model import unit_revisions_key
+    from controlplane.store.etcd import EtcdStore
+
+    path = tmp_path / "h.yaml"
+    for image in ("local/web:1", "local/web:2"):
+        path.write_text(unit_yaml("short-lived", image=image))
+        assert cpctl(server, "apply", "-f", str(path), "--no-wait").returncode == 0
+    assert len(cpctl(server, "rollout", "history", "short-lived").stdout.splitlines()) == 3  # header + 2
+    store = await EtcdStore.open([server.etcd_url], prefix=server.prefix)
+    try:
+        assert await store.get(unit_revisions_key("short-lived")) is not None
+        assert cpctl(server, "delete", "unit", "short-lived").returncode == 0
+        assert await store.get(unit_revisions_key("short-lived")) is None
+    finally:
+        await store.close()
+    assert cpctl(server, "apply", "-f", str(path), "--no-wait").returncode == 0
+    rows = cpctl(server, "rollout", "history", "short-lived").stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["1"]
+    assert cpctl(server, "rollout", "undo", "short-lived").returncode == 1  # nothing earlier to go back to
