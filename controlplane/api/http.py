@@ -142,20 +142,6 @@ async def read_json(request: web.Request, *, accept: tuple[str, ...] = JSON_TYPE
     return parse_json(text)
 
 
-DRY_RUN_VALUES = ("All",)
-
-
-def dry_run_of(request: web.Request) -> bool:
-    """``?dryRun=All`` (as Kubernetes): validate and admit the write, answer as if done, store
-    nothing. Absent: a real write; any other value, or the parameter twice, is a 400."""
-    values = request.query.getall("dryRun", [])
-    if not values:
-        return False
-    if len(values) > 1 or values[0] not in DRY_RUN_VALUES:
-        raise BadRequest(f"dryRun must be given once, as {' or '.join(DRY_RUN_VALUES)}; got {values!r:.80}")
-    return True
-
-
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):

@@ -17,14 +17,8 @@ from marshmallow import ValidationError
 
 from controlplane.admission import admit, policy_of
 from controlplane.api.auth import authorize
-from controlplane.api.http import (
-    PATCH_TYPES,
-    bytes_response,
-    dry_run_of,
-    json_response,
-    merge_patch,
-    read_json,
-)
+from controlplane.api.dryrun import dry_run_of
+from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
 from controlplane.api.machines import delete_machine
 from controlplane.api.node_policy import NodeEventLimiter, check_node_event, check_node_instance_address
 from controlplane.api.revisions import forget as forget_revisions

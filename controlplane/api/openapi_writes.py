@@ -1,7 +1,7 @@
 """The OpenAPI document's parts for cpctl's kubectl habits: ``?dryRun=All`` on writes, and a unit's
 rollout history (``GET /api/v1/units/NAME/revisions``, api/revisions.py).
 
-Applied to the generated document (openapi.py) as a dict, so the server (http.dry_run_of) and the
+Applied to the generated document (openapi.py) as a dict, so the server (dryrun.dry_run_of) and the
 document say the same: the writes that take ``dryRun`` are the generic create, replace, patch and
 delete of every resource but tokens, and the scale write.
 """
@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from controlplane.api.http import DRY_RUN_VALUES
+from controlplane.api.dryrun import DRY_RUN_VALUES
 from controlplane.model import RESOURCES
 
 DRY_RUN_PARAM = {
