@@ -29,7 +29,7 @@ from controlplane.api.http import json_response
 from controlplane.api.state import REGISTRY, user_of
 from controlplane.errors import Conflict, NotFound
 from controlplane.model import API_VERSION, MAX_OBJECT_BYTES, now_rfc3339, template_of, unit_revisions_key
-from controlplane.registry import Registry
+from controlplane.registry import Registry, WriteHook
 
 MAX_REVISIONS = 10
 MAX_HISTORY_BYTES = 3 * MAX_OBJECT_BYTES  # with the unit itself, under etcd's 1.5 MiB request limit
@@ -111,11 +111,12 @@ async def forget(registry: Registry, deleted: dict[str, Any]) -> None:
         await registry.store.delete(key, expected_revision=kv.mod_revision)
 
 
-def history_hook(registry: Registry) -> Any:
+def history_hook(registry: Registry) -> WriteHook:
     """The Registry write hook for units: the history key to write with a template change."""
 
     async def hook(current: dict[str, Any], new: dict[str, Any]) -> tuple[tuple[str, bytes], ...]:
-        if template_of(current.get("spec") or {}) == template_of(new.get("spec") or {}):
+        spec, new_spec = current.get("spec") or {}, new.get("spec") or {}
+        if spec == new_spec or template_of(spec) == template_of(new_spec):  # status writes: the first test
             return ()
         name = str(current["metadata"]["name"])
         history = next_history(current, new, await stored_history(registry, name), timestamp=now_rfc3339())
