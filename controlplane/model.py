@@ -107,6 +107,14 @@ def machine_tombstone_key(machine: str) -> str:
     return f"{MACHINE_TOMBSTONE_PREFIX}{machine}"
 
 
+UNIT_REVISIONS_PREFIX = f"{INTERNAL_PREFIX}unit-revisions/"
+
+
+def unit_revisions_key(unit: str) -> str:
+    """A unit's rollout history (api/revisions.py), written with the unit update that changes its template."""
+    return f"{UNIT_REVISIONS_PREFIX}{unit}"
+
+
 # ---- what a node may write ----
 
 # Labels under this prefix are set by admins only: a node can neither send them in a heartbeat nor

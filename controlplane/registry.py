@@ -43,6 +43,8 @@ from controlplane.store.base import Store
 from controlplane.watchcache import WatchCache, decode
 
 JsonList = list[dict[str, Any]]
+# (current, new) -> the (key, value) pairs to write in the same transaction as that update
+WriteHook = Callable[[dict[str, Any], dict[str, Any]], Awaitable[tuple[tuple[str, bytes], ...]]]
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -133,6 +135,7 @@ class Registry:
         self.clock = clock
         self.caches = {resource: WatchCache(store, resource) for resource in RESOURCES}
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
+        self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
 
     async def start(self) -> None:
         await asyncio.gather(*(cache.start() for cache in self.caches.values()))
@@ -195,11 +198,18 @@ class Registry:
     async def _settle(self, resource: str, revision: int) -> None:
         await self.caches[resource].wait_for(revision)
 
-    async def create(self, resource: str, obj: Mapping[str, Any], *, lease: int = 0) -> dict[str, Any]:
+    async def create(self, resource: str, obj: Mapping[str, Any], *, lease: int = 0,
+                     dry_run: bool = False) -> dict[str, Any]:
+        """Create ``obj``; with ``dry_run`` everything but the write (the answer has no resourceVersion)."""
         kind = RESOURCES[resource]
         new = self._stamp_new(resource, obj)
         meta = new["metadata"]
         name = meta["name"]
+        if dry_run:
+            encode(new)
+            if self.find(resource, name) is not None:
+                raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name)
+            return new
         try:
             revision = await self._timed("create", self.store.create(object_key(resource, name), encode(new), lease=lease))
         except AlreadyExists as err:
@@ -273,10 +283,10 @@ class Registry:
         return decode(kv)
 
     async def replace(
-        self, resource: str, name: str, obj: dict[str, Any], *, expected_rv: str | None = None
+        self, resource: str, name: str, obj: dict[str, Any], *, expected_rv: str | None = None, dry_run: bool = False
     ) -> dict[str, Any]:
         """Replace spec, labels and annotations; status is kept. ``expected_rv`` (or the object's own
-        metadata.resourceVersion) must be current, else Conflict."""
+        metadata.resourceVersion) must be current, else Conflict. ``dry_run``: all but the write."""
         kind = RESOURCES[resource]
         rv = expected_rv if expected_rv is not None else (obj.get("metadata") or {}).get("resourceVersion")
         current = self.find(resource, name)
@@ -284,7 +294,7 @@ class Registry:
             current = await self._current(resource, name)
         if rv and current["metadata"]["resourceVersion"] != str(rv):
             raise conflict(resource, name)
-        return await self._write(resource, current, self._merged(kind, current, obj))
+        return await self._write(resource, current, self._merged(kind, current, obj), dry_run=dry_run)
 
     @staticmethod
     def _merged(kind: str, current: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
@@ -295,12 +305,19 @@ class Registry:
         new["kind"], new["apiVersion"] = kind, API_VERSION
         return new
 
-    async def _write(self, resource: str, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    async def _write(self, resource: str, current: dict[str, Any], new: dict[str, Any], *,
+                     dry_run: bool = False) -> dict[str, Any]:
         name = current["metadata"]["name"]
         rv = int(current["metadata"]["resourceVersion"])
+        value = encode(new)
+        if dry_run:
+            new["metadata"]["resourceVersion"] = str(rv)
+            return new
+        hook = self.write_hooks.get(resource)
+        also = await hook(current, new) if hook is not None else ()
         try:
             revision = await self._timed(
-                "update", self.store.update(object_key(resource, name), encode(new), expected_revision=rv)
+                "update", self.store.update(object_key(resource, name), value, expected_revision=rv, also_put=also)
             )
         except Conflict as err:
             raise conflict(resource, name) from err
@@ -329,6 +346,7 @@ class Registry:
         *,
         expected_rv: str | None = None,
         attempts: int = 8,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         """Read-modify-write with compare-and-swap, retried on conflicts (controllers' workhorse).
 
@@ -346,7 +364,7 @@ class Registry:
                 return current
             carry_metadata(kind, current, new)
             try:
-                return await self._write(resource, current, new)
+                return await self._write(resource, current, new, dry_run=dry_run)
             except Conflict:
                 if expected_rv or attempt == attempts - 1:
                     raise

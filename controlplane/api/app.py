@@ -207,5 +207,8 @@ def make_app(
     from controlplane.api import tokens as token_routes
 
     token_routes.add_routes(app)  # before them too: every method on /api/v1/tokens is its own
+    from controlplane.api import revisions
+
+    revisions.add_routes(app)  # the unit history hook, and GET /api/v1/units/NAME/revisions
     objects.add_routes(app)
     return app

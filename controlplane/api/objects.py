@@ -17,9 +17,11 @@ from marshmallow import ValidationError
 
 from controlplane.admission import admit, policy_of
 from controlplane.api.auth import authorize
+from controlplane.api.dryrun import dry_run_of
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
 from controlplane.api.machines import delete_machine
 from controlplane.api.node_policy import NodeEventLimiter, check_node_event, check_node_instance_address
+from controlplane.api.revisions import forget as forget_revisions
 from controlplane.api.state import CONFIG, REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
@@ -170,7 +172,7 @@ async def create_object(request: web.Request) -> web.Response:
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
-    created = await request.app[REGISTRY].create(resource, obj)
+    created = await request.app[REGISTRY].create(resource, obj, dry_run=dry_run_of(request))
     return json_response(created, status=201)
 
 
@@ -191,13 +193,14 @@ async def replace_object(request: web.Request) -> web.Response:
     body = await read_json(request)
     _check_body(kind, body, name=name, require_metadata=True)
     obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
-    return json_response(await request.app[REGISTRY].replace(resource, name, obj))
+    return json_response(await request.app[REGISTRY].replace(resource, name, obj, dry_run=dry_run_of(request)))
 
 
 async def patch_object(request: web.Request) -> web.Response:
     resource, kind = resource_of(request)
     name = request.match_info["name"]
     authorize(user_of(request), "patch", resource, name=name)
+    dry_run = dry_run_of(request)
     patch = await read_json(request, accept=PATCH_TYPES)
     if not isinstance(patch, dict):
         raise BadRequest("a merge patch must be a JSON object")
@@ -213,7 +216,8 @@ async def patch_object(request: web.Request) -> web.Response:
         try:
             return json_response(
                 await registry.replace(
-                    resource, name, obj, expected_rv=str(wanted_rv) if wanted_rv else current["metadata"]["resourceVersion"]
+                    resource, name, obj, expected_rv=str(wanted_rv) if wanted_rv else current["metadata"]["resourceVersion"],
+                    dry_run=dry_run,
                 )
             )
         except Conflict:
@@ -226,9 +230,14 @@ async def delete_object(request: web.Request) -> web.Response:
     resource, kind = resource_of(request)
     name = request.match_info["name"]
     authorize(user_of(request), "delete", resource, name=name)
+    if dry_run_of(request):
+        return json_response(request.app[REGISTRY].get(resource, name))
     if resource == "machines":
         return json_response(await delete_machine(request, name))
-    return json_response(await request.app[REGISTRY].delete(resource, name))
+    deleted = await request.app[REGISTRY].delete(resource, name)
+    if resource == "units":
+        await forget_revisions(request.app[REGISTRY], deleted)
+    return json_response(deleted)
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -299,7 +308,7 @@ async def put_scale(request: web.Request) -> web.Response:
         obj["spec"]["replicas"] = replicas
         return obj
 
-    updated = await registry.mutate("units", name, set_replicas, expected_rv=expected)
+    updated = await registry.mutate("units", name, set_replicas, expected_rv=expected, dry_run=dry_run_of(request))
     return json_response(_scale_of(updated))
 
 

@@ -293,6 +293,9 @@ def _document() -> dict[str, Any]:
     ]}
     for free_form in ("metadata", "status"):  # a Scale's: read for metadata.resourceVersion only
         schemas["Scale"]["properties"][free_form]["additionalProperties"] = {"$ref": JSON_VALUE}
+    from controlplane.api.openapi_writes import add_write_habits
+
+    add_write_habits(doc, errors=_error_responses)
     _bound_numbers(doc)
     return doc
 

@@ -1,30 +1,38 @@
-"""``cpctl apply -f FILE|-``: declarative create-or-update of any objects in YAML or JSON.
+"""``cpctl apply -f FILE|DIR|- [-f ...]``: declarative create-or-merge of objects in YAML or JSON.
 
-Each document is created; one that exists already is compared with what is stored (both
-defaulted by the same schemas the server uses) and replaced with the stored
-resourceVersion only when it differs, so the output says ``created``, ``configured`` or
-``unchanged`` honestly. Units are then waited for like ``cpctl run``.
+Every ``-f`` is read (a directory: its ``*.yaml``, ``*.yml`` and ``*.json``, sorted) and every
+object parsed and checked against the schemas before anything is sent: one bad file, and
+nothing is. Each object is then created; one that exists already gets the three-way merge
+patch of cli/merge.py (with the live resourceVersion as precondition, recomputed on a
+conflict), so fields the file never set survive and fields removed from it are removed; the
+output says ``created``, ``configured`` or ``unchanged``. ``--dry-run=server`` sends the same
+requests with ``?dryRun=All``; ``--dry-run=client`` prints the objects and sends nothing. Units
+are then waited for like ``cpctl run``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import IO, Any
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 
-from controlplane.admission import with_admitted_fields
 from controlplane.errors import AlreadyExists, Conflict, CPError, ServiceUnavailable
 
 from .common import KIND_TO_RESOURCE, CLIError, call, error_line, ref
 from .config import connection_options
+from .dryrun import CLIENT, SERVER, dry_run_option, dry_run_suffix, print_objects
+from .merge import apply_patch, with_record
 from .rest import RestClient
 from .run import DEFAULT_TIMEOUT
 from .terminal import echo
 from .wait import wait_for_units
 
-SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp")
-REPLACE_ATTEMPTS = 5
+PATCH_ATTEMPTS = 5
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def parse_documents(text: str, *, source: str = "-") -> list[dict[str, Any]]:
@@ -70,59 +78,90 @@ def _load_yaml(text: str) -> list[Any]:
     return list(yaml.load_all(text, Loader=loader))
 
 
-def comparable(obj: dict[str, Any]) -> dict[str, Any]:
-    """What a user controls: the object defaulted by the server's schemas, without status and
-    the metadata the server sets."""
+def read_sources(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(source name, text) of every file named: ``-`` is stdin, a directory its manifests, sorted."""
+    sources: list[tuple[str, str]] = []
+    for path in paths:
+        if path == "-":
+            sources.append(("-", sys.stdin.read()))
+            continue
+        target = Path(path)
+        files = (sorted(p for p in target.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+                 if target.is_dir() else [target])
+        if target.is_dir() and not files:
+            raise CLIError(f"{path}: no *.yaml, *.yml or *.json file in this directory")
+        for file in files:
+            try:
+                sources.append((str(file), file.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as err:
+                raise CLIError(f"{file}: cannot read: {err}") from err
+    return sources
+
+
+def check_object(obj: dict[str, Any], *, source: str) -> None:
+    """The object as the server's schemas read it (a 422 found before anything is sent)."""
     from controlplane.schemas import load_object
 
     try:
-        normalized = load_object(str(obj.get("kind")), obj)
-    except CPError:
-        normalized = dict(obj)  # invalid: the server will say why
-    normalized.pop("status", None)
-    meta = {k: v for k, v in (normalized.get("metadata") or {}).items() if k not in SERVER_FIELDS}
-    meta.setdefault("labels", {})
-    meta.setdefault("annotations", {})
-    normalized["metadata"] = meta
-    return normalized
+        load_object(str(obj["kind"]), obj)
+    except CPError as err:
+        raise CLIError(f"{source}: {error_line(err)}") from err
 
 
-def apply_object(api: RestClient, obj: dict[str, Any]) -> str:
-    """Create or update one object; returns ``created``, ``configured`` or ``unchanged``."""
+def load_manifests(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Every object of every ``-f``, parsed and checked; any mistake anywhere is a CLIError before
+    anything is sent (an object named twice too)."""
+    objects: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], str] = {}
+    for source, text in read_sources(paths):
+        for obj in parse_documents(text, source=source):
+            check_object(obj, source=source)
+            key = (str(obj["kind"]), str(obj["metadata"]["name"]))
+            if key in seen:
+                raise CLIError(f"{source}: {key[0]} {key[1]!r} is also in {seen[key]}; give each object once")
+            seen[key] = source
+            objects.append(obj)
+    return objects
+
+
+def apply_object(api: RestClient, obj: dict[str, Any], *, dry_run: bool = False) -> str:
+    """Create or merge one object; returns ``created``, ``configured`` or ``unchanged``."""
     resource = KIND_TO_RESOURCE[obj["kind"]]
     name = obj["metadata"]["name"]
-    body = {k: v for k, v in obj.items() if k != "status"}
-    body["metadata"] = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FIELDS}
     try:
-        api.create(resource, body)
+        api.create(resource, with_record(obj), dry_run=dry_run)
         return "created"
     except AlreadyExists:
         pass
-    for attempt in range(REPLACE_ATTEMPTS):
-        current = api.get(resource, name)
-        if comparable(current) == comparable(with_admitted_fields(obj["kind"], body, current)):
+    for attempt in range(PATCH_ATTEMPTS):
+        live = api.get(resource, name)
+        patch = apply_patch(obj, live)
+        if not patch:
             return "unchanged"
-        update = dict(body)
-        update["metadata"] = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
+        patch.setdefault("metadata", {})["resourceVersion"] = live["metadata"]["resourceVersion"]
         try:
-            api.replace(resource, name, update)
+            api.patch(resource, name, patch, dry_run=dry_run)
             return "configured"
         except Conflict:
-            if attempt == REPLACE_ATTEMPTS - 1:
+            if attempt == PATCH_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
 
 
 @click.command("apply")
-@click.option("-f", "--filename", "source", type=click.File("r"), required=True, metavar="FILE|-",
-              help="YAML or JSON file with one or more objects ('-' for stdin)")
+@click.option("-f", "--filename", "paths", multiple=True, required=True, metavar="FILE|DIR|-",
+              help="YAML or JSON file, a directory of them, or '-' for stdin (repeatable)")
+@dry_run_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait until applied units are ready")
 @click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True,
               help="seconds to wait")
 @connection_options
-def apply_command(source: IO[str], wait: bool, timeout: float) -> None:
-    """Create or update the objects in FILE (YAML or JSON, several documents)."""
-    objects = parse_documents(source.read(), source=getattr(source, "name", "-"))
+def apply_command(paths: tuple[str, ...], dry_run: str, wait: bool, timeout: float) -> None:
+    """Create or merge the objects in FILE(s) (YAML or JSON, several documents)."""
+    objects = load_manifests(paths)
+    if dry_run == CLIENT:
+        print_objects([with_record(obj) for obj in objects])
+        return
 
     def go(api: RestClient) -> int:
         units: list[str] = []
@@ -131,17 +170,17 @@ def apply_command(source: IO[str], wait: bool, timeout: float) -> None:
             resource = KIND_TO_RESOURCE[obj["kind"]]
             name = ref(resource, obj["metadata"]["name"])
             try:
-                outcome = apply_object(api, obj)
+                outcome = apply_object(api, obj, dry_run=dry_run == SERVER)
             except CPError as err:
                 if isinstance(err, ServiceUnavailable):
                     raise  # the server is unreachable: the other objects would fail the same way
                 failed += 1
                 echo(f"error: {name}: {error_line(err)}", err=True)
                 continue
-            echo(f"{name} {outcome}")
+            echo(f"{name} {outcome}{dry_run_suffix(dry_run)}")
             if resource == "units":
                 units.append(obj["metadata"]["name"])
-        if wait and units and not failed:
+        if wait and units and not failed and dry_run != SERVER:
             wait_for_units(api, units, timeout=timeout)
         return failed
 

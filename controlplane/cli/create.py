@@ -15,6 +15,7 @@ from controlplane.secretref import valid_key
 
 from .common import call, ref
 from .config import connection_options
+from .dryrun import CLIENT, NONE, dry_run_option, dry_run_suffix, print_objects
 from .rest import RestClient
 
 
@@ -59,15 +60,19 @@ def secret_object(name: str, literals: tuple[str, ...], files: tuple[str, ...]) 
 @click.option("--from-literal", "literals", multiple=True, metavar="KEY=VALUE", help="a key and its value")
 @click.option("--from-file", "files", multiple=True, metavar="[KEY=]PATH",
               help="a key (default: the file's name) and the file's content")
+@dry_run_option
 @connection_options
-def create_secret_command(name: str, literals: tuple[str, ...], files: tuple[str, ...]) -> None:
+def create_secret_command(name: str, literals: tuple[str, ...], files: tuple[str, ...], dry_run: str) -> None:
     """Create Secret NAME (units use it with spec.secretEnv: {VAR: NAME/KEY})."""
     if not literals and not files:
         raise click.UsageError("give at least one --from-literal KEY=VALUE or --from-file [KEY=]PATH")
     secret = secret_object(name, literals, files)
+    if dry_run == CLIENT:
+        print_objects([secret])  # the keys only: a value is never printed
+        return
 
     def go(api: RestClient) -> None:
-        api.create("secrets", secret)
-        click.echo(f"{ref('secrets', name)} created")
+        api.create("secrets", secret, dry_run=dry_run != NONE)
+        click.echo(f"{ref('secrets', name)} created{dry_run_suffix(dry_run)}")
 
     call(go)

@@ -7,6 +7,7 @@ import click
 
 from .common import call, ref
 from .config import connection_options
+from .dryrun import CLIENT, NONE, dry_run_option, dry_run_suffix
 from .get import kind_argument
 from .rest import RestClient
 from .terminal import echo
@@ -19,15 +20,19 @@ from .wait import wait_for_deletion
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="wait until the object and a unit's instances are gone")
 @click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@dry_run_option
 @connection_options
-def delete_command(kind: str, name: str, wait: bool, timeout: float) -> None:
+def delete_command(kind: str, name: str, wait: bool, timeout: float, dry_run: str) -> None:
     """Delete object NAME of KIND."""
     resource = kind
+    if dry_run == CLIENT:
+        echo(f"{ref(resource, name)} deleted{dry_run_suffix(dry_run)}")
+        return
 
     def go(api: RestClient) -> None:
-        api.delete(resource, name)
-        echo(f"{ref(resource, name)} deleted")
-        if wait:
+        api.delete(resource, name, dry_run=dry_run != NONE)
+        echo(f"{ref(resource, name)} deleted{dry_run_suffix(dry_run)}")
+        if wait and dry_run == NONE:
             wait_for_deletion(api, resource, name, timeout=timeout)
 
     call(go)

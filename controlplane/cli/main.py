@@ -24,6 +24,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 COMMANDS: dict[str, str] = {
     "run": "controlplane.cli.run:run_command",
     "apply": "controlplane.cli.apply:apply_command",
+    "diff": "controlplane.cli.diff:diff_command",
+    "edit": "controlplane.cli.edit:edit_command",
+    "label": "controlplane.cli.label:label_command",
+    "annotate": "controlplane.cli.label:annotate_command",
+    "rollout": "controlplane.cli.rollout:rollout_group",
     "create": "controlplane.cli.create:create_group",
     "get": "controlplane.cli.get:get_command",
     "describe": "controlplane.cli.describe:describe_command",

@@ -241,27 +241,32 @@ class RestClient:
         result: dict[str, Any] = self.request("GET", object_path(resource, name))
         return result
 
-    def create(self, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", object_path(resource), body=obj)
+    def create(self, resource: str, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", object_path(resource), body=obj, params=_dry(dry_run))
         return result
 
-    def replace(self, resource: str, name: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("PUT", object_path(resource, name), body=obj)
+    def replace(self, resource: str, name: str, obj: Mapping[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", object_path(resource, name), body=obj, params=_dry(dry_run))
         return result
 
-    def patch(self, resource: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch(self, resource: str, name: str, patch: dict[str, Any], *, dry_run: bool = False) -> dict[str, Any]:
         """An RFC 7386 merge patch (``None`` values delete keys)."""
         result: dict[str, Any] = self.request("PATCH", object_path(resource, name), body=patch,
-                                              content_type=MERGE_PATCH)
+                                              content_type=MERGE_PATCH, params=_dry(dry_run))
         return result
 
-    def delete(self, resource: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("DELETE", object_path(resource, name))
+    def delete(self, resource: str, name: str, *, dry_run: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", object_path(resource, name), params=_dry(dry_run))
         return result
 
-    def put_scale(self, name: str, replicas: int) -> dict[str, Any]:
+    def put_scale(self, name: str, replicas: int, *, dry_run: bool = False) -> dict[str, Any]:
         result: dict[str, Any] = self.request("PUT", object_path("units", name, "scale"),
-                                              body=scale_body(name, replicas))
+                                              body=scale_body(name, replicas), params=_dry(dry_run))
+        return result
+
+    def revisions(self, unit: str) -> dict[str, Any]:
+        """``GET /api/v1/units/NAME/revisions``: the unit's rollout history (UnitRevisionList)."""
+        result: dict[str, Any] = self.request("GET", object_path("units", unit, "revisions"))
         return result
 
     def version(self) -> dict[str, Any]:
@@ -353,6 +358,11 @@ class RestClient:
                 yield chunk
         finally:
             connection.close()
+
+
+def _dry(dry_run: bool) -> dict[str, str] | None:
+    """The query of a write: ``?dryRun=All`` (the server validates and answers, stores nothing)."""
+    return {"dryRun": "All"} if dry_run else None
 
 
 def _closed_by_peer(connection: HTTPConnection) -> bool:

@@ -18,6 +18,7 @@ from controlplane.model import API_VERSION, DEFAULT_PROTOCOL, DEFAULT_PROXY_PORT
 
 from .common import call, ref
 from .config import connection_options
+from .dryrun import CLIENT, NONE, dry_run_option, dry_run_suffix, print_objects
 from .rest import RestClient
 from .terminal import echo
 from .wait import wait_for_units
@@ -235,15 +236,20 @@ def build_unit(
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait until every instance is ready")
 @click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True,
               help="seconds to wait")
+@dry_run_option
 @connection_options
-def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float, **flags: Any) -> None:
+def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float, dry_run: str,
+                **flags: Any) -> None:
     """Create unit NAME and (by default) wait until its instances are Running and ready."""
     unit = build_unit(name, command=command, **flags)
+    if dry_run == CLIENT:
+        print_objects([unit])
+        return
 
     def go(api: RestClient) -> None:
-        api.create("units", unit)
-        echo(f"{ref('units', name)} created")
-        if wait:
+        api.create("units", unit, dry_run=dry_run != NONE)
+        echo(f"{ref('units', name)} created{dry_run_suffix(dry_run)}")
+        if wait and dry_run == NONE:
             wait_for_units(api, [name], timeout=timeout)
 
     call(go)

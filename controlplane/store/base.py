@@ -55,8 +55,10 @@ class Store(Protocol):
         revision of the write. Callers keep batches at most 64 keys (etcd's --max-txn-ops is 128)."""
         ...
 
-    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
-        """Compare-and-swap on mod revision. NotFound if missing, Conflict if stale."""
+    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0,
+                     also_put: tuple[tuple[str, bytes], ...] = ()) -> int:
+        """Compare-and-swap on mod revision. NotFound if missing, Conflict if stale. ``also_put`` keys
+        (no lease) are written in the same transaction, only when the swap succeeds."""
         ...
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:

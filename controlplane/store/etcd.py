@@ -199,15 +199,17 @@ class EtcdStore:
 
         return await self._call(op)
 
-    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
+    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0,
+                     also_put: tuple[tuple[str, bytes], ...] = ()) -> int:
         full = self._full(key)
+        extra = [aetcd_put(self._full(k), v, 0) for k, v in also_put]
 
         async def op(client: aetcd.Client, retrying: bool) -> int:
             tx = client.transactions
             ok, responses = await self._txn(
                 client,
                 compare=[tx.mod(full) == expected_revision],
-                success=[aetcd_put(full, value, lease)],
+                success=[aetcd_put(full, value, lease), *extra],
                 failure=[aetcd_get(full)],
             )
             if ok:

@@ -100,7 +100,8 @@ class MemoryStore:
             revision = self._write(key, value, 0)
         return revision
 
-    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0) -> int:
+    async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0,
+                     also_put: tuple[tuple[str, bytes], ...] = ()) -> int:
         self._ensure_reaper()
         current = self._data.get(key)
         if current is None:
@@ -110,7 +111,10 @@ class MemoryStore:
                 f"key {key!r} is at revision {current.mod_revision}, not {expected_revision}"
             )
         self._check_lease(lease)
-        return self._write(key, value, lease)
+        revision = self._write(key, value, lease)
+        for extra_key, extra_value in also_put:  # etcd gives them the same revision; close enough here
+            self._write(extra_key, extra_value, 0)
+        return revision
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         self._ensure_reaper()

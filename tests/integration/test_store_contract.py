@@ -118,6 +118,17 @@ async def test_update_compares_mod_revision(backend: Backend) -> None:
     assert kv is not None and kv.value == b"two"
 
 
+async def test_update_also_puts_only_when_the_swap_succeeds(backend: Backend) -> None:
+    s = backend.store
+    created = await s.create("k", b"one")
+    with pytest.raises(Conflict):
+        await s.update("k", b"two", expected_revision=created + 100, also_put=(("side", b"no"),))
+    assert await s.get("side") is None
+    updated = await s.update("k", b"two", expected_revision=created, also_put=(("side", b"yes"),))
+    side = await s.get("side")
+    assert side is not None and side.value == b"yes" and side.lease == 0 and side.mod_revision >= updated
+
+
 async def test_put_creates_and_overwrites(backend: Backend) -> None:
     s = backend.store
     first = await s.put("k", b"one")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from controlplane.cli.apply import comparable, parse_documents
+from controlplane.cli.apply import parse_documents
 from controlplane.cli.common import CLIError, error_line, resolve_kind
 from controlplane.cli.config import DEFAULT_SERVER, ConfigError, read_config_file, resolve_config
 from controlplane.cli.describe import describe_text
@@ -404,13 +404,3 @@ def test_parse_documents_yaml_json_and_lists() -> None:
     for bad in ("kind: Pod\nmetadata: {name: a}\n", "kind: Unit\n", "- 1\n", "a: [unclosed\n"):
         with pytest.raises(CLIError):
             parse_documents(bad)
-
-
-def test_comparable_ignores_defaults_and_server_fields() -> None:
-    stored = load_object("Unit", {"kind": "Unit", "metadata": {"name": "web"}, "spec": {"image": "x"}})
-    stored["metadata"].update({"uid": "u", "resourceVersion": "9", "generation": 1,
-                               "creationTimestamp": "2025-01-01T00:00:00Z"})
-    stored["status"] = {"replicas": 1}
-    assert comparable(stored) == comparable({"kind": "Unit", "metadata": {"name": "web"}, "spec": {"image": "x"}})
-    assert comparable(stored) != comparable({"kind": "Unit", "metadata": {"name": "web"},
-                                             "spec": {"image": "x", "replicas": 2}})
