@@ -28,7 +28,12 @@ REPLACE_ATTEMPTS = 5
 
 
 def parse_documents(text: str, *, source: str = "-") -> list[dict[str, Any]]:
-    """The objects in ``text``: JSON, or YAML with several documents; ``kind: List`` is expanded."""
+    """The objects in ``text``: JSON, or YAML with several documents; ``kind: List`` is expanded;
+    a fleet unit file (``source`` ends in .service) is converted (cli/convert.py)."""
+    if source.endswith(".service"):
+        from .convert import unit_file_objects
+
+        return unit_file_objects(text, source=source)
     import yaml  # ~10 ms: only when a file is applied
 
     stripped = text.lstrip()

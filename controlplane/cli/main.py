@@ -24,6 +24,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 COMMANDS: dict[str, str] = {
     "run": "controlplane.cli.run:run_command",
     "apply": "controlplane.cli.apply:apply_command",
+    "convert": "controlplane.cli.convert:convert_command",
     "create": "controlplane.cli.create:create_group",
     "get": "controlplane.cli.get:get_command",
     "describe": "controlplane.cli.describe:describe_command",
