@@ -11,6 +11,8 @@ this module only moves data between the API and the executor:
 - list+watch of the instances bound to this machine (field selector ``spec.machine=NAME``);
 - a sync on every watch event, Docker event, health change, requeue deadline and every
   ``RESYNC_SECONDS``; statuses are written through ``/status`` only when they change;
+- the Events about its instances (Pulled, Created, Started, Ready, Killing) go through a bounded
+  queue and a sender task of their own (agent/events.py), never holding up a sync;
 - the plug-ins given to the constructor (agent/plugin.py; today the proxy manager) are called at
   fixed points: shaping the desired instances, a reported container change, each status, and
   their own task next to these loops.
@@ -26,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from agent.events import EventSender
 from agent.executor import Executor
 from agent.health import Prober
 from agent.metrics import AgentMetrics
@@ -75,9 +78,12 @@ class Agent:
         self.prober = Prober(runtime, on_result=lambda kind, ok, seconds: self.metrics.observe_probe(
             kind, ok=ok, seconds=seconds))
         self.scrubber = scrubber or Scrubber()  # the Secret values read here; main.py filters logs with it
+        self.events = EventSender(client)
         self.executor = Executor(runtime, cluster=config.cluster, machine=config.machine, address=config.address,
                                  prober=self.prober, secret_source=ApiSecrets(client, self.scrubber),
-                                 scrubber=self.scrubber, image_source=image_source)
+                                 scrubber=self.scrubber, image_source=image_source,
+                                 on_event=lambda instance, reason, message: self.events.record(
+                                     instance, reason, self.scrubber.scrub(message)))
         self.instances: dict[str, dict[str, Any]] = {}  # the mirror's: validated Instance objects
         self.reported: dict[str, InstanceStatus] = {}  # what the API holds, as far as we know
         self.containers: dict[str, str] = {}  # instance -> the container id last told to the plugins
@@ -317,7 +323,7 @@ class Agent:
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [
             self.heartbeat_loop, self.fence_loop, self.watch_loop, self.sync_loop, self.docker_events_loop,
-            self.prober_loop,
+            self.prober_loop, self.events.run,
             *(plugin.run for plugin in self.plugins),
         ]
         tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(loop()) for loop in loops]

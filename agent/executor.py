@@ -1,7 +1,9 @@
 """The executor: applies the reconciler's actions to a `Runtime` and reports instance statuses.
 
 Thin on purpose: `plan` decides, this module acts and then describes what it sees in the contract's
-`Instance.status` format. It owns the backoff table the planner reads, pulls missing images (a pull
+`Instance.status` format, and tells ``on_event`` (agent/events.py, never waiting) the kubelet's
+Events: Pulled, Created, Started, Ready (once per container becoming ready), Killing (stopping a
+container). It owns the backoff table the planner reads, pulls missing images (a pull
 that fails becomes phase Failed / ImagePullFailed, never an exception), sets CP_UNIT, CP_INSTANCE
 and CP_MACHINE on every container, reads the values of a unit's secretEnv right before it creates
 the container (agent/secretenv.py; a missing Secret or key is phase Failed /
@@ -24,7 +26,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.health import Prober, ProbeSpec, ProbeTarget
-from agent.reconcile import CRASH_LOOP, Action, BackoffState, DesiredInstance, container_labels, plan
+from agent.reconcile import (
+    CRASH_LOOP,
+    UNLABELLED,
+    Action,
+    BackoffState,
+    DesiredInstance,
+    container_labels,
+    plan,
+)
 from agent.runtime.base import (
     Container,
     ContainerSpec,
@@ -89,8 +99,10 @@ class Executor:
         secret_source: SecretSource | None = None,
         scrubber: Scrubber | None = None,
         image_source: Callable[[str], Awaitable[bool]] | None = None,
+        on_event: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.runtime = runtime
+        self.on_event = on_event  # (instance, reason, message): must not block
         self.image_source = image_source  # a missing image the cluster serves (agent/distimages.py)
         self.cluster = cluster
         self.machine = machine
@@ -103,6 +115,7 @@ class Executor:
         self.scrubber = scrubber or Scrubber()
         self.config_waits: dict[str, ConfigWait] = {}
         self.last_listed: list[Container] = []  # this machine's containers at the last sync (metrics)
+        self.ready_told: dict[str, str] = {}  # instance -> the container whose Ready was told
 
     async def sync(self, desired: Sequence[DesiredInstance]) -> SyncResult:
         """List this machine's containers, plan, apply. Raises RuntimeUnavailable when the engine
@@ -112,7 +125,7 @@ class Executor:
         actions = plan(desired, actual, now=self.clock(), backoff=self.backoff)
         result = await self.apply(actions)
         wanted = {d.name for d in desired}
-        for table in (self.backoff, self.config_waits):
+        for table in (self.backoff, self.config_waits, self.ready_told):
             for name in [n for n in table if n not in wanted]:
                 del table[name]
         return result
@@ -147,7 +160,23 @@ class Executor:
             self.prober.update(self._probe_targets(running))
             for name, (desired, container) in running.items():
                 result.statuses[name] = self._running_status(desired, container)
+        for name, status in result.statuses.items():
+            self._tell_ready(name, status)
         return result
+
+    def _event(self, instance: str, reason: str, message: str) -> None:
+        if self.on_event is not None:
+            self.on_event(instance, reason, message)
+
+    def _tell_ready(self, name: str, status: Status) -> None:
+        """A Ready Event the first time each container of ``name`` is reported ready (again after
+        it was not)."""
+        container = str(status.get("containerID") or "")
+        if not (status.get("ready") and container):
+            self.ready_told.pop(name, None)
+        elif self.ready_told.get(name) != container:
+            self.ready_told[name] = container
+            self._event(name, "Ready", f"Container {container[:12]} is ready")
 
     # --- actions ---------------------------------------------------------------------------
     async def _retire_each(self, actions: Sequence[Action], result: SyncResult) -> None:
@@ -159,6 +188,9 @@ class Executor:
         log.info("%s %s (%s): %s", action.kind, action.instance, action.container_id[:12], action.reason)
         try:
             if action.kind == "stop":
+                if action.reason != UNLABELLED:
+                    self._event(action.instance, "Killing",
+                                f"Stopping container {action.container_id[:12]}: {action.reason}")
                 await self.runtime.stop(action.container_id, grace=self.stop_timeout)
             else:
                 await self.runtime.remove(action.container_id)
@@ -178,6 +210,7 @@ class Executor:
                 assert action.container_id is not None
                 log.info("start %s: %s", d.name, action.reason)
                 container = await self.runtime.start(action.container_id)
+                self._event(d.name, "Started", f"Started container {container.id[:12]}")
                 return self._running_status(d, container), container
             if action.kind == "restart":
                 return await self._restart(d, action)
@@ -205,17 +238,27 @@ class Executor:
         except SecretConfigError as err:
             return self._status(d, None, phase="Failed", reason=CONFIG_ERROR, message=str(err)), None
         try:
-            if not await self.runtime.image_present(d.image):
-                if self.image_source is None or not await self.image_source(d.image):
-                    log.info("pulling %s for %s", d.image, d.name)
-                    await self.runtime.pull(d.image)
+            await self._ensure_image(d)
             log.info("create %s: %s", d.name, action.reason)
             container = await self.runtime.create_and_start(self.container_spec(d, secret_env=secret_env))
         except (ImagePullError, ImageNotFound) as err:
             message = str(err) if isinstance(err, ImagePullError) else f"image {d.image!r} is missing: {err}"
             return self._status(d, None, phase="Failed", reason="ImagePullFailed", message=message), None
+        self._event(d.name, "Created", f"Created container {container.id[:12]}")
+        self._event(d.name, "Started", f"Started container {container.id[:12]}")
         self.backoff[d.name] = BackoffState(crashes=0, restarts=self.backoff.get(d.name, BackoffState()).restarts)
         return self._running_status(d, container), container
+
+    async def _ensure_image(self, d: DesiredInstance) -> None:
+        """The image is here: present, served by the cluster, or pulled (Pulled says which)."""
+        if await self.runtime.image_present(d.image):
+            self._event(d.name, "Pulled", f'Container image "{d.image}" already present on machine')
+        elif self.image_source is not None and await self.image_source(d.image):
+            self._event(d.name, "Pulled", f'Loaded image "{d.image}" from the cluster')
+        else:
+            log.info("pulling %s for %s", d.image, d.name)
+            await self.runtime.pull(d.image)
+            self._event(d.name, "Pulled", f'Successfully pulled image "{d.image}"')
 
     async def _restart(self, d: DesiredInstance, action: Action) -> tuple[Status, Container | None]:
         assert action.container_id is not None
@@ -232,6 +275,7 @@ class Executor:
             return status, container
         log.info("restart %s: %s", d.name, action.reason)
         container = await self.runtime.start(action.container_id)
+        self._event(d.name, "Started", f"Started container {container.id[:12]}")
         old = self.backoff.get(d.name, BackoffState())
         self.backoff[d.name] = BackoffState(crashes=action.crashes, restarts=old.restarts + 1)
         return self._running_status(d, container), container

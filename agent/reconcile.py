@@ -51,6 +51,7 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 BACKOFF_RESET_AFTER = 60.0  # a container that ran this long before exiting starts a fresh backoff
 CRASH_LOOP = "CrashLoopBackOff"
+UNLABELLED = "container carries no cp.instance label"  # its retirement names the container, no instance
 
 ActionKind = Literal["create", "start", "stop", "remove", "restart", "adopt"]
 
@@ -227,7 +228,7 @@ def plan(
     for c in sorted(actual, key=lambda c: c.id):
         name = c.labels.get(LABEL_INSTANCE)
         if not name:
-            retirements += _retire(c, c.name, "container carries no cp.instance label")
+            retirements += _retire(c, c.name, UNLABELLED)
             continue
         by_instance.setdefault(name, []).append(c)
 

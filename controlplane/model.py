@@ -40,7 +40,7 @@ SPEC_FIELDS: dict[str, tuple[str, ...]] = {
     "Unit": ("spec",),
     "Instance": ("spec",),
     "Endpoints": ("endpoints",),
-    "Event": ("type", "reason", "involvedObject", "message", "timestamp", "count"),
+    "Event": ("type", "reason", "involvedObject", "message", "timestamp", "lastTimestamp", "count"),
     "Secret": ("data",),
     "Token": ("spec",),
 }
@@ -120,8 +120,12 @@ def unit_revisions_key(unit: str) -> str:
 # Labels under this prefix are set by admins only: a node can neither send them in a heartbeat nor
 # put them on an Event, so a constraint on them (machineMetadata) is one a machine cannot forge.
 RESERVED_LABEL_PREFIX = "controlplane.io/"
-# The reasons of the Events an agent writes (agent/proxy/manager.py); a node token may write no other.
-AGENT_EVENT_REASONS = frozenset({"ProxyConfigRejected", "RouteDropped"})
+# The reasons of the Events an agent writes (agent/proxy/manager.py, and the kubelet's lifecycle
+# events in agent/executor.py); a node token may write no other.
+AGENT_EVENT_REASONS = frozenset({
+    "ProxyConfigRejected", "RouteDropped",
+    "Pulled", "Created", "Started", "Ready", "Killing",
+})
 
 
 # ---- the wire objects ----
@@ -297,7 +301,8 @@ class Event(TypedDict, total=False):
     reason: str
     involvedObject: InvolvedObject
     message: str
-    timestamp: str
+    timestamp: str  # first seen
+    lastTimestamp: str  # last seen: a repeat bumps count and this (controlplane/events.py)
     count: int
 
 
@@ -336,6 +341,10 @@ class Token(TypedDict, total=False):
 # ---- builders ----
 
 EVENT_MESSAGE_MAX = 1000
+# Events kept per involved object: a new one beyond this deletes the oldest (controlplane/events.py)
+EVENTS_PER_OBJECT_MAX = 30
+# a repeat (same object, type, reason and message) seen within this long is counted, not stored anew
+EVENT_AGGREGATE_SECONDS = 600.0
 
 
 def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
@@ -344,9 +353,10 @@ def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
 
 def event_object(kind: str, name: str, *, type_: str, reason: str, message: str) -> Event:
     """A new Event about object ``kind/name``, with a unique DNS-label name derived from it."""
+    now = now_rfc3339()
     return {"metadata": {"name": f"{name[:50]}-{uuid.uuid4().hex[:8]}", "labels": {}, "annotations": {}},
             "type": type_, "reason": reason, "involvedObject": {"kind": kind, "name": name},
-            "message": message[:EVENT_MESSAGE_MAX], "timestamp": now_rfc3339(), "count": 1}
+            "message": message[:EVENT_MESSAGE_MAX], "timestamp": now, "lastTimestamp": now, "count": 1}
 
 
 def template_of(spec: Mapping[str, Any]) -> UnitSpec:

@@ -266,7 +266,8 @@ class EventSchema(Strict):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=128))
     involvedObject = fields.Nested(InvolvedObjectSchema, required=True)
     message = fields.String(load_default="")
-    timestamp = fields.String(load_default="")
+    timestamp = fields.String(load_default="")  # first seen
+    lastTimestamp = fields.String(load_default="")  # last seen (a repeat bumps it and count)
     count = fields.Integer(strict=True, load_default=1)
 
 

@@ -8,12 +8,15 @@ So what a node writes is checked for content too, by pure functions table-tested
 - an instance's ``status.address`` written by a node is empty or its machine's own address, so a
   node cannot point Endpoints (and the proxies) at arbitrary IPs;
 - a node's Events carry one of the agent's reasons (AGENT_EVENT_REASONS), a message of at most
-  EVENT_MESSAGE_MAX characters, are about its own machine or an instance bound to it, and come at
-  most NODE_EVENTS_PER_SECOND (burst NODE_EVENT_BURST) per node and API server.
+  EVENT_MESSAGE_MAX characters, are about its own machine or an instance bound to it (now, or
+  within RECENT_BINDING_SECONDS: the agent says Killing after the instance was deleted or moved,
+  which ``RecentBindings`` remembers from the instance watch), and come at most
+  NODE_EVENTS_PER_SECOND (burst NODE_EVENT_BURST) per node and API server.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +28,8 @@ from controlplane.model import AGENT_EVENT_REASONS, EVENT_MESSAGE_MAX, RESERVED_
 
 NODE_EVENTS_PER_SECOND = 5.0
 NODE_EVENT_BURST = 20
+RECENT_BINDING_SECONDS = 300.0
+RECENT_BINDINGS_MAX = 20000
 
 
 def reserved_label_causes(labels: Mapping[str, str], *, field: str = "metadata.labels") -> list[Cause]:
@@ -53,9 +58,11 @@ def check_node_instance_address(user: User, name: str, address: str, machine_add
                   causes=[Cause("status.address", message, "FieldValueForbidden")])
 
 
-def check_node_event(user: User, event: Mapping[str, Any], *, bound_machine: Callable[[str], str | None]) -> None:
+def check_node_event(user: User, event: Mapping[str, Any], *, bound_machine: Callable[[str], str | None],
+                     was_bound: Callable[[str, str], bool] = lambda _instance, _machine: False) -> None:
     """Invalid (reason, message, labels) or Forbidden (involvedObject) unless ``event`` is one a node's
-    agent writes. ``bound_machine(instance)`` is the machine that instance is bound to (None: no such)."""
+    agent writes. ``bound_machine(instance)`` is the machine that instance is bound to (None: no such);
+    ``was_bound(instance, machine)`` says it was bound there lately (RecentBindings)."""
     if user.role != "node":
         return
     name = str((event.get("metadata") or {}).get("name", ""))
@@ -73,10 +80,40 @@ def check_node_event(user: User, event: Mapping[str, Any], *, bound_machine: Cal
     kind, target = involved.get("kind"), str(involved.get("name") or "")
     if kind == "Machine" and target == user.machine:
         return
-    if kind == "Instance" and bound_machine(target) == user.machine:
+    if kind == "Instance" and (bound_machine(target) == user.machine or was_bound(target, user.machine)):
         return
     raise Forbidden(f'user "{user.name}" (node) may write Events only about machine {user.machine!r} '
                     f"or instances bound to it, not {kind}/{target}")
+
+
+class RecentBindings:
+    """Which machines instances were bound to lately, fed every change of the instance watch cache
+    (a DELETED change carries the last object, a MODIFIED one the object before): an agent reports
+    Killing about an instance it stops after a scale-down, a delete or a move, when the instance is
+    gone or bound elsewhere. At most ``size`` pairs, each for ``ttl`` seconds after it was last seen."""
+
+    def __init__(self, *, ttl: float = RECENT_BINDING_SECONDS, size: int = RECENT_BINDINGS_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self.seen: collections.OrderedDict[tuple[str, str], float] = collections.OrderedDict()
+
+    def observe(self, *objects: Mapping[str, Any] | None) -> None:
+        now = self.clock()
+        for obj in objects:
+            machine = str(((obj or {}).get("spec") or {}).get("machine") or "")
+            name = str(((obj or {}).get("metadata") or {}).get("name") or "")
+            if not machine or not name:
+                continue
+            self.seen[(name, machine)] = now
+            self.seen.move_to_end((name, machine))
+        while len(self.seen) > self.size:
+            self.seen.popitem(last=False)
+
+    def was_bound(self, instance: str, machine: str) -> bool:
+        seen = self.seen.get((instance, machine))
+        return seen is not None and self.clock() - seen <= self.ttl
 
 
 class TokenBucket:

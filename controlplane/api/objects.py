@@ -20,17 +20,24 @@ from controlplane.api.auth import authorize
 from controlplane.api.dryrun import dry_run_of
 from controlplane.api.http import PATCH_TYPES, bytes_response, json_response, merge_patch, read_json
 from controlplane.api.machines import delete_machine
-from controlplane.api.node_policy import NodeEventLimiter, check_node_event, check_node_instance_address
+from controlplane.api.node_policy import (
+    NodeEventLimiter,
+    RecentBindings,
+    check_node_event,
+    check_node_instance_address,
+)
 from controlplane.api.revisions import forget as forget_revisions
 from controlplane.api.state import CONFIG, REGISTRY, user_of
 from controlplane.api.watch import serve_watch
 from controlplane.errors import BadRequest, Cause, Conflict, Invalid, NotFound
+from controlplane.events import record_event
 from controlplane.model import API_VERSION, HAS_STATUS, MAX_SAFE_INTEGER, RESOURCES
 from controlplane.registry import not_found
 from controlplane.schema_errors import invalid_from
 from controlplane.schemas import ScaleSchema, load_object, load_status
 
 NODE_EVENT_LIMITER = web.AppKey("node_event_limiter", NodeEventLimiter)
+RECENT_BINDINGS = web.AppKey("recent_bindings", RecentBindings)
 
 
 def resource_of(request: web.Request) -> tuple[str, str]:
@@ -168,7 +175,9 @@ async def create_object(request: web.Request) -> web.Response:
     _check_body(kind, body)
     obj = admit(kind, load_object(kind, body), policy_of(request.app[CONFIG]))
     if resource == "events":
-        check_node_event(user, obj, bound_machine=lambda instance: _bound_machine(request, instance))
+        check_node_event(user, obj, bound_machine=lambda instance: _bound_machine(request, instance),
+                         was_bound=request.app[RECENT_BINDINGS].was_bound)
+        return json_response(await record_event(request.app[REGISTRY], obj), status=201)  # a repeat: counted
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
@@ -314,6 +323,8 @@ async def put_scale(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app[NODE_EVENT_LIMITER] = NodeEventLimiter()
+    bindings = app[RECENT_BINDINGS] = RecentBindings()
+    app[REGISTRY].caches["instances"].listeners.append(lambda change: bindings.observe(change.object, change.previous))
     base = "/api/v1/{resource}"
     app.router.add_get("/api/v1/units/{name}/scale", get_scale)
     app.router.add_put("/api/v1/units/{name}/scale", put_scale)

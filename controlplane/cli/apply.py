@@ -32,11 +32,16 @@ from .terminal import echo
 from .wait import wait_for_units
 
 PATCH_ATTEMPTS = 5
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json", ".service")  # .service: a fleet unit file
 
 
 def parse_documents(text: str, *, source: str = "-") -> list[dict[str, Any]]:
-    """The objects in ``text``: JSON, or YAML with several documents; ``kind: List`` is expanded."""
+    """The objects in ``text``: JSON, or YAML with several documents; ``kind: List`` is expanded;
+    a fleet unit file (``source`` ends in .service) is converted (cli/convert.py)."""
+    if source.endswith(".service"):
+        from .convert import unit_file_objects
+
+        return unit_file_objects(text, source=source)
     import yaml  # ~10 ms: only when a file is applied
 
     stripped = text.lstrip()
@@ -89,7 +94,7 @@ def read_sources(paths: Sequence[str]) -> list[tuple[str, str]]:
         files = (sorted(p for p in target.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
                  if target.is_dir() else [target])
         if target.is_dir() and not files:
-            raise CLIError(f"{path}: no *.yaml, *.yml or *.json file in this directory")
+            raise CLIError(f"{path}: no *.yaml, *.yml, *.json or *.service file in this directory")
         for file in files:
             try:
                 sources.append((str(file), file.read_text(encoding="utf-8")))

@@ -39,14 +39,21 @@ def _instance_rows(instances: list[dict[str, Any]]) -> str:
     return format_table(["NAME", "MACHINE", "PHASE", "READY", "MESSAGE"], rows)
 
 
+def _last_seen(event: dict[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("timestamp")
+               or (event.get("metadata") or {}).get("creationTimestamp") or "")
+
+
 def _event_rows(events: list[dict[str, Any]], now: dt.datetime) -> str:
-    ordered = sorted(events, key=lambda e: str(e.get("timestamp") or (e.get("metadata") or {}).get("creationTimestamp")))
+    """kubectl's: the last seen age, and for a repeat "(xN over AGE)" since it was first seen."""
+    ordered = sorted(events, key=_last_seen)
     rows = []
     for event in ordered[-RECENT_EVENTS:]:
-        when = event.get("timestamp") or (event.get("metadata") or {}).get("creationTimestamp")
         count = int(event.get("count") or 1)
+        first = event.get("timestamp") or (event.get("metadata") or {}).get("creationTimestamp")
+        repeats = f" (x{count} over {age(first, now)})" if count > 1 else ""
         rows.append([
-            age(when, now) + (f" (x{count})" if count > 1 else ""), str(event.get("type") or "Normal"),
+            age(_last_seen(event), now) + repeats, str(event.get("type") or "Normal"),
             str(event.get("reason") or ""), " ".join(str(event.get("message") or "").split()),
         ])
     return format_table(["LAST SEEN", "TYPE", "REASON", "MESSAGE"], rows)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "label": "controlplane.cli.label:label_command",
     "annotate": "controlplane.cli.label:annotate_command",
     "rollout": "controlplane.cli.rollout:rollout_group",
+    "convert": "controlplane.cli.convert:convert_command",
     "create": "controlplane.cli.create:create_group",
     "get": "controlplane.cli.get:get_command",
     "describe": "controlplane.cli.describe:describe_command",

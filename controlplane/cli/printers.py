@@ -206,11 +206,12 @@ def _endpoints(items: list[dict[str, Any]], wide: bool, now: dt.datetime) -> tup
 def _events(items: list[dict[str, Any]], wide: bool, now: dt.datetime) -> tuple[Row, list[Row]]:
     headers = ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
     rows = []
-    ordered = sorted(items, key=lambda e: str(e.get("timestamp") or _meta(e).get("creationTimestamp") or ""))
+    ordered = sorted(items, key=lambda e: str(e.get("lastTimestamp") or e.get("timestamp")
+                                               or _meta(e).get("creationTimestamp") or ""))
     for event in ordered:
         involved = event.get("involvedObject") or {}
         obj = f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
-        when = event.get("timestamp") or _meta(event).get("creationTimestamp")
+        when = event.get("lastTimestamp") or event.get("timestamp") or _meta(event).get("creationTimestamp")
         rows.append([age(when, now), str(event.get("type") or "Normal"), str(event.get("reason") or ""), obj,
                      " ".join(str(event.get("message") or "").split())])
     return headers, rows

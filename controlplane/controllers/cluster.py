@@ -260,11 +260,12 @@ def _schedule(state: _Pass) -> None:
         placement = scheduler.place(name)
         if placement.machine is None:
             _unschedulable(state, name, placement)
-        elif _bind(state, name, placement.machine):
+        else:
+            _bind(state, name, placement.machine)
             binds.append((name, placement.machine))
-    if len(binds) <= SCHEDULED_EVENTS_MAX:
+    if len(binds) <= SCHEDULED_EVENTS_MAX:  # new instances too: they are created bound
         for name, machine in binds:
-            state.plan.note("Instance", name, "Normal", "Scheduled", f"bound to machine {machine}")
+            state.plan.note("Instance", name, "Normal", "Scheduled", f"Successfully assigned {name} to {machine}")
 
 
 def _bind(state: _Pass, name: str, machine: str) -> bool:

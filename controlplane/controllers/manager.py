@@ -29,6 +29,7 @@ from controlplane.controllers.leader import campaign_forever
 from controlplane.controllers.metrics import ControllerMetrics
 from controlplane.controllers.writers import Change, apply_batch, batches
 from controlplane.errors import AlreadyExists, Conflict, CPError, NotFound, PartialFailure
+from controlplane.events import last_seen, record_event
 from controlplane.model import PRESENCE_RESOURCE, event_object, now_rfc3339
 from controlplane.registry import Registry
 from controlplane.store.base import Store
@@ -255,16 +256,17 @@ class Controllers:
         task.add_done_callback(self._event_tasks.discard)
 
     def emit(self, note: EventNote) -> None:
-        """Record an Event in the background."""
+        """Record an Event in the background (a repeat is counted on the Event it repeats)."""
         obj = event_object(note.kind, note.name, type_=note.type, reason=note.reason, message=note.message)
-        self._background(self.registry.create("events", cast(dict[str, Any], obj)), f"event {note.reason} on {note.kind} {note.name}")
+        self._background(record_event(self.registry, cast(dict[str, Any], obj)),
+                         f"event {note.reason} on {note.kind} {note.name}")
 
     def _gc_events(self) -> None:
         if self.passes % 50:
             return
         cutoff = now_rfc3339(lambda: time.time() - EVENT_MAX_AGE_SECONDS)
         for event in self.registry.objects("events")[:500]:
-            if (event.get("timestamp") or "") < cutoff:
+            if last_seen(event) < cutoff:
                 self._background(self.registry.delete("events", event["metadata"]["name"]), "expired event")
 
 

@@ -323,11 +323,11 @@ def test_render_formats() -> None:
 def test_describe_instance_names_placement() -> None:
     inst = _instance("web-1", message="0/4 machines: 2 conflict with web, 1 lacks role=edge, 1 NotReady")
     event = {"type": "Warning", "reason": "FailedScheduling", "message": "0/4 machines", "count": 3,
-             "timestamp": "2025-01-01T11:59:50Z"}
+             "timestamp": "2025-01-01T11:58:00Z", "lastTimestamp": "2025-01-01T11:59:50Z"}
     text = describe_text("instances", inst, events=[event], now=NOW)
     assert "Placement:      0/4 machines: 2 conflict with web, 1 lacks role=edge, 1 NotReady" in text
     assert "Machine:        <none> (not placed)" in text
-    assert "10s (x3)" in text and "FailedScheduling" in text
+    assert "10s (x3 over 2m)" in text and "FailedScheduling" in text
 
 
 def test_describe_unit_lists_instances() -> None:

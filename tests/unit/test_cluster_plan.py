@@ -65,7 +65,7 @@ def test_machine_without_presence_goes_not_ready_and_its_instances_move():
     assert plan.of(BIND) == [Write(BIND, "web-0", "pending; placed on m3", machine="m3", epoch=4)]
     assert reasons(plan, "NodeNotReady") == [("m1", "machine m1 stopped heartbeating")]
     assert reasons(plan, "Rescheduled") == [("web-0", "machine m1 is NotReady; placing web-0 elsewhere")]
-    assert reasons(plan, "Scheduled") == [("web-0", "bound to machine m3")]
+    assert reasons(plan, "Scheduled") == [("web-0", "Successfully assigned web-0 to m3")]
     assert statuses(plan, WriteOp.UNIT_STATUS) == {
         "web": {"replicas": 2, "readyReplicas": 1, "observedGeneration": 1}}
 
