@@ -7,6 +7,7 @@ import click
 
 from .common import call, ref
 from .config import connection_options
+from .durations import DURATION
 from .get import kind_argument
 from .rest import RestClient
 from .terminal import echo
@@ -18,7 +19,7 @@ from .wait import wait_for_deletion
 @click.argument("name")
 @click.option("--wait/--no-wait", default=False, show_default=True,
               help="wait until the object and a unit's instances are gone")
-@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@click.option("--timeout", type=DURATION, default=60.0, show_default=True)
 @connection_options
 def delete_command(kind: str, name: str, wait: bool, timeout: float) -> None:
     """Delete object NAME of KIND."""

@@ -11,6 +11,7 @@ from controlplane.errors import Gone
 
 from .common import call, ref, resolve_kind
 from .config import connection_options
+from .durations import DURATION
 from .printers import OUTPUTS, render, table
 from .rest import RestClient
 from .terminal import echo
@@ -71,7 +72,7 @@ def _watch(
               help="label selector: k=v, k!=v, 'k in (a,b)', k, !k (comma-separated, ANDed)")
 @click.option("--field-selector", metavar="SELECTOR", help="field selector, e.g. spec.machine=m1")
 @click.option("-w", "--watch", is_flag=True, help="after listing, print changes as they happen")
-@click.option("--watch-timeout", type=click.FloatRange(min=0), hidden=True,
+@click.option("--watch-timeout", type=DURATION, hidden=True,
               help="end --watch after this many seconds (scripts, tests)")
 @connection_options
 def get_command(

@@ -6,6 +6,7 @@ import click
 
 from .common import call, ref
 from .config import connection_options
+from .durations import DURATION
 from .rest import RestClient
 from .run import DEFAULT_TIMEOUT
 from .terminal import echo
@@ -16,7 +17,7 @@ from .wait import wait_for_units
 @click.argument("name")
 @click.option("--replicas", type=click.IntRange(min=0), required=True, help="the new number of copies")
 @click.option("--wait/--no-wait", default=False, show_default=True, help="wait until every instance is ready")
-@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True)
+@click.option("--timeout", type=DURATION, default=DEFAULT_TIMEOUT, show_default=True)
 @connection_options
 def scale_command(name: str, replicas: int, wait: bool, timeout: float) -> None:
     """Set the number of copies of unit NAME."""

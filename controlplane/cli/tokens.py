@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from controlplane.model import API_VERSION
-from controlplane.tokens import TOKEN_ROLES, TOKENS_RESOURCE, parse_duration
+from controlplane.tokens import TOKEN_ROLES, TOKENS_RESOURCE
 
 from .common import call
 from .config import connection_options
+from .durations import Duration
 from .printers import age, dump_yaml, format_table, parse_time
 from .terminal import echo
 
@@ -25,13 +27,9 @@ if TYPE_CHECKING:
     from controlplane.client import Client
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
-    if value is None:
-        return 0
-    try:
-        return parse_duration(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from err
+def _whole_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> int:
+    """The server takes whole seconds (0: never expires); a part second rounds up."""
+    return 0 if value is None else math.ceil(value)
 
 
 def token_request(*, role: str, machine: str | None, ttl_seconds: int, description: str, join: bool,
@@ -79,7 +77,7 @@ def token_group() -> None:
 @token_group.command("create")
 @click.option("--role", type=click.Choice(TOKEN_ROLES), required=True)
 @click.option("--machine", metavar="NAME", help="the machine a node token is bound to (node only, required)")
-@click.option("--ttl", "ttl_seconds", metavar="DURATION", callback=_duration,
+@click.option("--ttl", "ttl_seconds", type=Duration(minimum=1), callback=_whole_seconds,
               help="expire after 30s, 2m, 24h, 7d, 1h30m, ... (default: never)")
 @click.option("--description", metavar="TEXT", default="", help="what the token is for (at most 256 characters)")
 @click.option("--join", is_flag=True, help="a join token: the agent exchanges it, once, for a node token")
