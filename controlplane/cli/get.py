@@ -1,5 +1,6 @@
-"""``cpctl get KIND [NAME]``: list or show objects in a table or as json/yaml/name, and
-optionally keep watching them (re-listing by itself when the watch expires with 410)."""
+"""``cpctl get KIND [NAME]``: list or show objects in a table or as json/yaml/name, a JSONPath
+template or custom columns (cli/outputs.py), sorted by a field or not, and optionally keep watching
+them (re-listing by itself when the watch expires with 410)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from controlplane.errors import Gone
 from .common import call, ref, resolve_kind
 from .config import connection_options
 from .durations import DURATION
-from .printers import OUTPUTS, render, table
+from .jsonpath import Path
+from .outputs import OutputFormat, OutputParam, SortByParam, sort_items
+from .printers import render
 from .rest import RestClient
 from .terminal import echo
 
@@ -27,21 +30,20 @@ def _print(text: str) -> None:
 
 
 def _watch(
-    api: RestClient, resource: str, output: str, *, label_selector: str | None, field_selector: str | None,
-    items: list[dict[str, Any]], revision: str, timeout: float | None,
+    api: RestClient, resource: str, output: OutputFormat, *, label_selector: str | None, field_selector: str | None,
+    items: list[dict[str, Any]], revision: str, timeout: float | None, headers: bool,
 ) -> None:
     """Print the current objects, then each change as it happens."""
-    wide = output == "wide"
-    header_done = False
+    header_done = not headers
 
     def show(objects: list[dict[str, Any]]) -> None:
         nonlocal header_done
         if not objects:
             return
-        if output in ("table", "wide"):
-            _print(table(resource, objects, wide=wide, headers=not header_done))
+        if output.is_table:
+            _print(render(resource, objects, output, headers=not header_done))
             header_done = True
-        elif output == "name":
+        elif output.kind == "name":
             _print("\n".join(ref(resource, (o.get("metadata") or {}).get("name", "")) for o in objects))
         else:
             for obj in objects:
@@ -67,7 +69,10 @@ def _watch(
 @click.command("get")
 @click.argument("kind", callback=kind_argument, metavar="KIND")
 @click.argument("name", required=False)
-@click.option("-o", "--output", type=click.Choice(OUTPUTS), default="table", show_default=True)
+@click.option("-o", "--output", type=OutputParam(), default="table", show_default=True,
+              help="table, wide, json, yaml, name, jsonpath='{.metadata.name}' or custom-columns=NAME:.metadata.name,...")
+@click.option("--sort-by", type=SortByParam(), metavar="PATH", help="order a listing by a field, e.g. .metadata.name")
+@click.option("--no-headers", is_flag=True, help="print tables without their header line")
 @click.option("-l", "--selector", "label_selector", metavar="SELECTOR",
               help="label selector: k=v, k!=v, 'k in (a,b)', k, !k (comma-separated, ANDed)")
 @click.option("--field-selector", metavar="SELECTOR", help="field selector, e.g. spec.machine=m1")
@@ -76,8 +81,8 @@ def _watch(
               help="end --watch after this many seconds (scripts, tests)")
 @connection_options
 def get_command(
-    kind: str, name: str | None, output: str, label_selector: str | None, field_selector: str | None,
-    watch: bool, watch_timeout: float | None,
+    kind: str, name: str | None, output: OutputFormat, sort_by: Path | None, no_headers: bool,
+    label_selector: str | None, field_selector: str | None, watch: bool, watch_timeout: float | None,
 ) -> None:
     """Show objects of KIND (unit/u, machine/m, instance/i, endpoints/ep, events/ev, secret/sec)."""
     resource = kind
@@ -88,17 +93,18 @@ def get_command(
     def go(api: RestClient) -> None:
         if name and not watch:
             obj = api.get(resource, name)
-            _print(render(resource, [obj], output, single=True))
+            _print(render(resource, [obj], output, single=True, headers=not no_headers))
             return
         items, revision = api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
+        items = sort_items(items, sort_by)
         if watch:
             _watch(api, resource, output, label_selector=label_selector, field_selector=field_selector,
-                         items=items, revision=revision, timeout=watch_timeout)
+                   items=items, revision=revision, timeout=watch_timeout, headers=not no_headers)
             return
-        if not items and output in ("table", "wide"):
+        if not items and output.is_table:
             echo(f"No {resource} found.", err=True)
             return
-        _print(render(resource, items, output, resource_version=revision))
+        _print(render(resource, items, output, resource_version=revision, headers=not no_headers))
 
     call(go)
 
