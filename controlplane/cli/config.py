@@ -129,10 +129,17 @@ def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         ctx.meta.setdefault(FLAGS_KEY, {})[str(param.name)] = value
 
 
+def _complete_context(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from .completion import complete_context
+
+    return complete_context(ctx, param, incomplete)
+
+
 def connection_options(func: F) -> F:
     """``--context``, ``--server``, ``--token`` and ``--ca`` on a group or a command (stored in ``ctx.meta``)."""
     options = [
         click.option("--context", metavar="NAME", expose_value=False, callback=_remember,
+                     shell_complete=_complete_context,
                      help="the config file's context to use (default: its current-context)"),
         click.option("--server", metavar="URL[,URL...]", expose_value=False, callback=_remember,
                      help="API server URL; several, comma-separated, are failed over in order [env CPCTL_SERVER]"),

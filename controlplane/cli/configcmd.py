@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from .completion import complete_context
 from .config import ConfigError, config_path, parse_config_text
 from .configfile import contexts_of
 from .printers import format_table, without_header
@@ -106,7 +107,7 @@ def current_context_command() -> None:
 
 
 @config_group.command("use-context")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_context)
 def use_context_command(name: str) -> None:
     """Make NAME the context every later cpctl command uses."""
     path = config_path()
@@ -120,7 +121,7 @@ def use_context_command(name: str) -> None:
 
 
 @config_group.command("set-context")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_context)
 @click.option("--server", metavar="URL[,URL...]", help="the API server(s) of this context")
 @click.option("--token", metavar="TOKEN", help="a bearer token, kept in the config file (mode 0600)")
 @click.option("--token-file", type=click.Path(dir_okay=False), help="a file holding the bearer token (mode 0600)")

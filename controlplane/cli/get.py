@@ -11,6 +11,7 @@ import click
 from controlplane.errors import Gone
 
 from .common import call, ref, resolve_kind
+from .completion import complete_kind, complete_name
 from .config import connection_options
 from .durations import DURATION
 from .jsonpath import Path
@@ -67,8 +68,8 @@ def _watch(
 
 
 @click.command("get")
-@click.argument("kind", callback=kind_argument, metavar="KIND")
-@click.argument("name", required=False)
+@click.argument("kind", callback=kind_argument, metavar="KIND", shell_complete=complete_kind)
+@click.argument("name", required=False, shell_complete=complete_name)
 @click.option("-o", "--output", type=OutputParam(), default="table", show_default=True,
               help="table, wide, json, yaml, name, jsonpath='{.metadata.name}' or custom-columns=NAME:.metadata.name,...")
 @click.option("--sort-by", type=SortByParam(), metavar="PATH", help="order a listing by a field, e.g. .metadata.name")

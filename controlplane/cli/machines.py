@@ -20,6 +20,7 @@ import click
 from controlplane.errors import NotFound
 
 from .common import call, ref
+from .completion import complete_names_of
 from .config import connection_options
 from .printers import format_table
 from .rest import RestClient
@@ -93,7 +94,7 @@ def _set_unschedulable(api: RestClient, machine: str, value: bool) -> None:
 
 
 @click.command("cordon")
-@click.argument("machine")
+@click.argument("machine", shell_complete=complete_names_of("machines"))
 @connection_options
 def cordon_command(machine: str) -> None:
     """Keep new instances off MACHINE (what runs there stays)."""
@@ -106,7 +107,7 @@ def cordon_command(machine: str) -> None:
 
 
 @click.command("uncordon")
-@click.argument("machine")
+@click.argument("machine", shell_complete=complete_names_of("machines"))
 @connection_options
 def uncordon_command(machine: str) -> None:
     """Let the scheduler place instances on MACHINE again."""
@@ -119,7 +120,7 @@ def uncordon_command(machine: str) -> None:
 
 
 @click.command("drain")
-@click.argument("machine")
+@click.argument("machine", shell_complete=complete_names_of("machines"))
 @connection_options
 def drain_command(machine: str) -> None:
     """Cordon MACHINE and move its instances elsewhere (they are deleted and recreated)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .common import call, ref
+from .completion import complete_names_of
 from .config import connection_options
 from .durations import DURATION
 from .rest import RestClient
@@ -14,7 +15,7 @@ from .wait import wait_for_units
 
 
 @click.command("scale")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names_of("units"))
 @click.option("--replicas", type=click.IntRange(min=0), required=True, help="the new number of copies")
 @click.option("--wait/--no-wait", default=False, show_default=True, help="wait until every instance is ready")
 @click.option("--timeout", type=DURATION, default=DEFAULT_TIMEOUT, show_default=True)
