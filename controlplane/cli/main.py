@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "scale": "controlplane.cli.scale:scale_command",
     "delete": "controlplane.cli.delete:delete_command",
     "logs": "controlplane.cli.logs:logs_command",
+    "exec": "controlplane.cli.exec:exec_command",
     "list-machines": "controlplane.cli.machines:list_machines_command",
     "list-units": "controlplane.cli.machines:list_units_command",
     "cordon": "controlplane.cli.machines:cordon_command",
