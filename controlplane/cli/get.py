@@ -25,9 +25,10 @@ def kind_argument(ctx: click.Context, param: click.Parameter, value: str) -> str
     return resolve_kind(value)
 
 
-def _print(text: str) -> None:
+def _print(text: str, output: OutputFormat | None = None) -> None:
+    """``text`` and a newline; a JSONPath template's text as it is (kubectl's way: the template says)."""
     if text:
-        echo(text)
+        echo(text, nl=output is None or output.kind != "jsonpath")
 
 
 def _watch(
@@ -42,13 +43,13 @@ def _watch(
         if not objects:
             return
         if output.is_table:
-            _print(render(resource, objects, output, headers=not header_done))
+            _print(render(resource, objects, output, headers=not header_done), output)
             header_done = True
         elif output.kind == "name":
             _print("\n".join(ref(resource, (o.get("metadata") or {}).get("name", "")) for o in objects))
         else:
             for obj in objects:
-                _print(render(resource, [obj], output, single=True))
+                _print(render(resource, [obj], output, single=True), output)
 
     show(items)
     while True:
@@ -94,7 +95,7 @@ def get_command(
     def go(api: RestClient) -> None:
         if name and not watch:
             obj = api.get(resource, name)
-            _print(render(resource, [obj], output, single=True, headers=not no_headers))
+            _print(render(resource, [obj], output, single=True, headers=not no_headers), output)
             return
         items, revision = api.list_all(resource, label_selector=label_selector, field_selector=field_selector)
         items = sort_items(items, sort_by)
@@ -105,7 +106,7 @@ def get_command(
         if not items and output.is_table:
             echo(f"No {resource} found.", err=True)
             return
-        _print(render(resource, items, output, resource_version=revision, headers=not no_headers))
+        _print(render(resource, items, output, resource_version=revision, headers=not no_headers), output)
 
     call(go)
 
