@@ -4,7 +4,7 @@ them (re-listing by itself when the watch expires with 410)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,11 +14,13 @@ from .common import call, ref, resolve_kind
 from .completion import complete_kind, complete_name
 from .config import connection_options
 from .durations import DURATION
-from .jsonpath import Path
 from .outputs import OutputFormat, OutputParam, SortByParam, sort_items
 from .printers import render
 from .rest import RestClient
 from .terminal import echo
+
+if TYPE_CHECKING:
+    from .jsonpath import Path
 
 
 def kind_argument(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -6,25 +6,25 @@ column per path (several values joined by ``,``, none as ``<none>``); ``--sort-b
 a listing by the value at PATH (numbers by number, the rest as text, objects without it first);
 ``--no-headers`` drops the header line of any table. A bad template, column spec or path is one
 ``error: ...`` line on stderr and exit 2 (a usage error, without click's usage banner). Everything
-here is pure.
+here is pure. cli/jsonpath.py is imported only when a template or path is given (start-up).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
 from .common import CLIError
-from .jsonpath import Path, TemplateError, evaluate, parse_path, parse_template, render_template, text_of
+
+if TYPE_CHECKING:
+    from .jsonpath import Path
 
 PLAIN_OUTPUTS = ("table", "wide", "json", "yaml", "name")
 NONE = "<none>"
 
 
-@dataclass(frozen=True)
-class OutputFormat:
+class OutputFormat(NamedTuple):
     """``-o`` as parsed: ``kind`` is a plain format, ``jsonpath`` or ``custom-columns``."""
 
     kind: str
@@ -38,6 +38,8 @@ class OutputFormat:
 
 def parse_columns(spec: str) -> tuple[tuple[str, Path], ...]:
     """Pure: ``NAME:.metadata.name,PHASE:{.status.phase}`` as (header, path) pairs."""
+    from .jsonpath import TemplateError, parse_path
+
     columns = []
     for part in spec.split(","):
         header, sep, path = part.partition(":")
@@ -52,6 +54,8 @@ def parse_output(text: str) -> OutputFormat:
     name, sep, arg = text.partition("=")
     if not sep and name in PLAIN_OUTPUTS:
         return OutputFormat(name)
+    from .jsonpath import TemplateError, parse_template
+
     if sep and name == "jsonpath":
         if not arg:
             raise TemplateError("jsonpath wants a template, e.g. jsonpath='{.metadata.name}'")
@@ -98,6 +102,8 @@ class SortByParam(click.ParamType):
     name = "path"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        from .jsonpath import Path, TemplateError, parse_path
+
         if isinstance(value, Path):
             return value
         try:
@@ -108,6 +114,8 @@ class SortByParam(click.ParamType):
 
 def sort_key(value: list[Any]) -> tuple[int, float, str]:
     """Missing values first, then numbers by value, then everything else by its text."""
+    from .jsonpath import text_of
+
     if not value:
         return (0, 0.0, "")
     first = value[0]
@@ -120,11 +128,15 @@ def sort_items(items: list[dict[str, Any]], path: Path | None) -> list[dict[str,
     """Pure: ``items`` ordered by the value at ``path`` (stable; unchanged without a path)."""
     if path is None:
         return list(items)
+    from .jsonpath import evaluate
+
     return sorted(items, key=lambda item: sort_key(list(evaluate(path, item, root=item))))
 
 
 def column_rows(items: list[dict[str, Any]], columns: tuple[tuple[str, Path], ...]) -> tuple[list[str], list[list[str]]]:
     """Pure: the headers and the cells of ``-o custom-columns``."""
+    from .jsonpath import evaluate, text_of
+
     rows = []
     for item in items:
         row = []
@@ -136,5 +148,7 @@ def column_rows(items: list[dict[str, Any]], columns: tuple[tuple[str, Path], ..
 
 
 def jsonpath_text(output: OutputFormat, data: Any) -> str:
+    from .jsonpath import render_template
+
     assert output.template is not None
     return render_template(output.template, data)
