@@ -16,6 +16,7 @@ import click
 from .completion import complete_context
 from .config import ConfigError, config_path, parse_config_text
 from .configfile import contexts_of
+from .outputs import no_headers_option
 from .printers import format_table, without_header
 from .terminal import echo
 
@@ -82,7 +83,7 @@ def config_group() -> None:
 
 @config_group.command("get-contexts")
 @click.option("-o", "--output", type=click.Choice(["table", "name"]), default="table", show_default=True)
-@click.option("--no-headers", is_flag=True, help="print the table without its header line")
+@no_headers_option
 def get_contexts_command(output: str, no_headers: bool) -> None:
     """List the contexts; * marks the current one."""
     path = config_path()

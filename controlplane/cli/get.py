@@ -14,7 +14,7 @@ from .common import call, ref, resolve_kind
 from .completion import complete_kind, complete_name
 from .config import connection_options
 from .durations import DURATION
-from .outputs import OutputFormat, OutputParam, SortByParam, sort_items
+from .outputs import OutputFormat, OutputParam, SortByParam, no_headers_option, sort_items
 from .printers import render
 from .rest import RestClient
 from .terminal import echo
@@ -76,7 +76,7 @@ def _watch(
 @click.option("-o", "--output", type=OutputParam(), default="table", show_default=True,
               help="table, wide, json, yaml, name, jsonpath='{.metadata.name}' or custom-columns=NAME:.metadata.name,...")
 @click.option("--sort-by", type=SortByParam(), metavar="PATH", help="order a listing by a field, e.g. .metadata.name")
-@click.option("--no-headers", is_flag=True, help="print tables without their header line")
+@no_headers_option
 @click.option("-l", "--selector", "label_selector", metavar="SELECTOR",
               help="label selector: k=v, k!=v, 'k in (a,b)', k, !k (comma-separated, ANDed)")
 @click.option("--field-selector", metavar="SELECTOR", help="field selector, e.g. spec.machine=m1")

@@ -112,6 +112,14 @@ class SortByParam(click.ParamType):
             raise BadExpression(f"{_flag(param)}: {err}") from err
 
 
+NO_HEADERS_HELP = "print tables without their header line"
+
+
+def no_headers_option(func: Any) -> Any:
+    """``--no-headers`` on a command that prints a table."""
+    return click.option("--no-headers", is_flag=True, help=NO_HEADERS_HELP)(func)
+
+
 def sort_key(value: list[Any]) -> tuple[int, float, str]:
     """Missing values first, then numbers by value, then everything else by its text."""
     from .jsonpath import text_of

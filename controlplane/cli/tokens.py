@@ -20,7 +20,8 @@ from controlplane.tokens import TOKEN_ROLES, TOKENS_RESOURCE
 from .common import call
 from .config import connection_options
 from .durations import Duration
-from .printers import age, dump_yaml, format_table, parse_time
+from .outputs import no_headers_option
+from .printers import age, dump_yaml, format_table, parse_time, without_header
 from .terminal import echo
 
 if TYPE_CHECKING:
@@ -97,8 +98,9 @@ def create_command(role: str, machine: str | None, ttl_seconds: int, description
 
 @token_group.command("list")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@no_headers_option
 @connection_options
-def list_command(output: str) -> None:
+def list_command(output: str, no_headers: bool) -> None:
     """The tokens (items[].metadata.name is the id); never a value."""
 
     async def go(api: Client) -> tuple[list[dict[str, Any]], str]:
@@ -109,7 +111,7 @@ def list_command(output: str) -> None:
         if not items:
             echo("No tokens found.", err=True)
             return
-        echo(token_table(items, dt.datetime.now(dt.UTC)))
+        echo(without_header(token_table(items, dt.datetime.now(dt.UTC)), headers=not no_headers))
         return
     data = {"kind": "TokenList", "apiVersion": API_VERSION, "metadata": {"resourceVersion": revision}, "items": items}
     echo(json.dumps(data, indent=2) if output == "json" else dump_yaml(data).rstrip("\n"))

@@ -18,6 +18,8 @@ import yaml
 from apiserver_fixture import ApiServer
 from etcd_fixture import EtcdServer
 
+from controlplane.client import Client
+
 CPCTL = [sys.executable, "-m", "controlplane.cli.main"]
 LABEL = f"habits={uuid.uuid4().hex[:6]}"
 NAMES = ["hab-zeta", "hab-alpha", "hab-mid"]  # created in this order
@@ -65,6 +67,18 @@ def test_custom_columns_sort_and_no_headers(server: ApiServer) -> None:
     result = cpctl(server, "get", "units", "-l", LABEL, "--no-headers", "-o", "custom-columns=N:.metadata.name",
                    "--sort-by", ".metadata.name")
     assert result.stdout == "hab-alpha\nhab-mid\nhab-zeta\n"
+
+
+async def test_no_headers_wherever_a_table_is_printed(server: ApiServer) -> None:
+    async with Client(server.url, token="node-m1-token") as node:
+        await node.heartbeat("m1", {"address": "127.0.1.1", "capacity": {"cpu": 1, "memoryMB": 512}})
+    created = cpctl(server, "token", "create", "--role", "viewer", "--ttl", "1h30m", "--name", "tok-habits")
+    assert created.returncode == 0, created.stderr
+    for args, first in ((["list-machines"], "m1"), (["token", "list"], "tok-habits")):
+        with_header, without = cpctl(server, *args).stdout.splitlines(), cpctl(server, *args, "--no-headers").stdout
+        assert with_header[1:] == without.splitlines() and without.split()[0] == first, (with_header, without)
+    assert "in 89m" in cpctl(server, "token", "list").stdout or "in 90m" in cpctl(server, "token", "list").stdout
+    assert cpctl(server, "list-units", "--no-headers").stdout.strip() == ""
 
 
 @pytest.mark.parametrize(("args", "start"), [
