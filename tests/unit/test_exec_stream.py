@@ -126,3 +126,14 @@ def test_cpctl_relay() -> None:
                       (b"garbage!", "the exec stream is garbled")):
         with pytest.raises(CLIError, match=why):
             relay([wire], _Output(io.BytesIO(), tty=False), _Output(io.BytesIO(), tty=False))
+
+
+def test_only_admins_may_exec() -> None:
+    from controlplane.api.auth import User, authorize
+    from controlplane.errors import Forbidden
+
+    authorize(User("root", "admin"), "create", "instances", name="web-0", subresource="exec")
+    for user in (User("v", "viewer"), User("node-m1", "node", machine="m1")):
+        with pytest.raises(Forbidden, match="cannot create instances/web-0/exec"):
+            authorize(user, "create", "instances", name="web-0", subresource="exec",
+                      obj={"spec": {"machine": "m1"}})
