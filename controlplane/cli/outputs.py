@@ -81,7 +81,7 @@ class OutputParam(click.ParamType):
     name = "format"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "[" + "|".join(PLAIN_OUTPUTS) + "|jsonpath=TEMPLATE|custom-columns=SPEC]"
+        return "FORMAT"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> OutputFormat:
         if isinstance(value, OutputFormat):
