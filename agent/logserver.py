@@ -6,7 +6,8 @@ for this machine, this instance and these parameters, unexpired and not seen bef
 else is refused with a Status object: no header or another scheme (a bearer token of any role
 included) 401, a ticket that does not fit 403. The public keys come from the heartbeat replies
 (``signing_keys()``), so before the first heartbeat every ticket is refused. The agent never
-sees a user's token and never calls the API on a caller's behalf.
+sees a user's token and never calls the API on a caller's behalf. The same app serves
+``POST /exec/INSTANCE`` (agent/execserver.py), under the same rules with exec tickets.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
+from agent.execserver import add_exec_route
 from agent.runtime.base import Runtime, RuntimeFailure
 from controlplane.errors import CPError, NotFound, Unauthorized
 from controlplane.logticket import TICKET_SCHEME, LogParams, TicketVerifier, parse_log_params
@@ -69,4 +71,6 @@ def make_log_app(runtime: Runtime, *, machine: str, containers: Callable[[], dic
 
     app = web.Application()
     app.router.add_get("/logs/{instance}", logs)
+    add_exec_route(app, runtime, machine=machine, verifier=verifier, containers=containers,
+                   signing_keys=signing_keys, clock=clock)
     return app

@@ -8,6 +8,11 @@ signature)`` with the claims ``kid`` (which cluster key signed it), ``aud`` (mac
 ``instance``, ``follow``, ``tail``, ``exp`` (now + 30 s) and a random ``nonce``; the agent keeps
 the nonces it accepted until they expire, so a ticket is good for one request only.
 
+The same tickets authorize ``exec`` (``POST /api/v1/instances/NAME/exec``): an exec ticket has
+``act: "exec"`` and ``cmd``, the SHA-256 of the command (controlplane/execstream.py), instead of
+``follow`` and ``tail``. A log ticket says ``act: "logs"`` (one without ``act``, from an API server
+of before, is a log ticket too), so neither kind can be used for the other.
+
 Agents learn the public keys from their heartbeat replies (their authenticated channel to the
 API). This module is pure apart from ``os.urandom`` in ``issue``; it imports only ``errors`` and
 ``cryptography`` so the agent can use it without the server's modules.
@@ -40,11 +45,14 @@ REPLAY_CACHE_MAX = 100_000
 MAX_TAIL = 1_000_000
 
 
+ACT_LOGS, ACT_EXEC = "logs", "exec"
+
+
 class TicketRefused(Forbidden):
     """A ticket that does not authorize this request; ``why`` is the short reason."""
 
-    def __init__(self, why: str) -> None:
-        super().__init__(f"log ticket refused: {why}")
+    def __init__(self, why: str, *, action: str = ACT_LOGS) -> None:
+        super().__init__(f"{'log' if action == ACT_LOGS else action} ticket refused: {why}")
         self.why = why
 
 
@@ -124,8 +132,20 @@ def public_keys_from_wire(encoded: Iterable[object]) -> dict[str, Ed25519PublicK
 def issue(key: Ed25519PrivateKey, *, machine: str, instance: str, params: LogParams, now: float,
           ttl: float = TICKET_TTL_SECONDS, nonce: str | None = None) -> str:
     """A ticket for one log request of ``instance`` on ``machine``, valid ``ttl`` seconds from ``now``."""
-    claims = {"kid": key_id(public_raw(key)), "aud": machine, "instance": instance, "follow": params.follow,
-              "tail": params.tail, "exp": round(now + ttl, 3), "nonce": nonce or b64url(os.urandom(18))}
+    return _signed(key, {"act": ACT_LOGS, "aud": machine, "instance": instance, "follow": params.follow,
+                         "tail": params.tail}, now=now, ttl=ttl, nonce=nonce)
+
+
+def issue_exec(key: Ed25519PrivateKey, *, machine: str, instance: str, command_digest: str, now: float,
+               ttl: float = TICKET_TTL_SECONDS, nonce: str | None = None) -> str:
+    """A ticket for one exec of the command whose digest is ``command_digest`` in ``instance`` on ``machine``."""
+    return _signed(key, {"act": ACT_EXEC, "aud": machine, "instance": instance, "cmd": command_digest},
+                   now=now, ttl=ttl, nonce=nonce)
+
+
+def _signed(key: Ed25519PrivateKey, claims: dict[str, Any], *, now: float, ttl: float, nonce: str | None) -> str:
+    claims = {**claims, "kid": key_id(public_raw(key)), "exp": round(now + ttl, 3),
+              "nonce": nonce or b64url(os.urandom(18))}
     body = b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     return f"{body}.{b64url(key.sign(body.encode()))}"
 
@@ -152,22 +172,43 @@ def _claims(ticket: str, keys: Mapping[str, Ed25519PublicKey]) -> dict[str, Any]
     return claims
 
 
-def verify(ticket: str, keys: Mapping[str, Ed25519PublicKey], *, machine: str, instance: str,
-           params: LogParams, now: float) -> dict[str, Any]:
-    """The claims of ``ticket`` if it authorizes this request (signature, expiry, audience, instance
-    and parameters); TicketRefused with the first reason otherwise. Replays are ReplayCache's job."""
-    claims = _claims(ticket, keys)
+def _checked(ticket: str, keys: Mapping[str, Ed25519PublicKey], *, action: str, machine: str, instance: str,
+             now: float) -> dict[str, Any]:
+    """The claims of a ticket that verifies, is live, and is for this action, machine and instance."""
+    try:
+        claims = _claims(ticket, keys)
+    except TicketRefused as err:
+        raise TicketRefused(err.why, action=action) from err
     exp = claims.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool) or not isinstance(claims.get("nonce"), str):
-        raise TicketRefused("malformed")
+        raise TicketRefused("malformed", action=action)
     if exp <= now:
-        raise TicketRefused("expired")
+        raise TicketRefused("expired", action=action)
     if exp > now + MAX_TICKET_LIFETIME_SECONDS:
-        raise TicketRefused("expiry too far in the future")
+        raise TicketRefused("expiry too far in the future", action=action)
+    if claims.get("act", ACT_LOGS) != action:
+        raise TicketRefused(f"wrong action (a ticket for {str(claims.get('act'))[:20]})", action=action)
     if claims.get("aud") != machine:
-        raise TicketRefused("wrong machine")
+        raise TicketRefused("wrong machine", action=action)
     if claims.get("instance") != instance:
-        raise TicketRefused("wrong instance")
+        raise TicketRefused("wrong instance", action=action)
+    return claims
+
+
+def verify_exec(ticket: str, keys: Mapping[str, Ed25519PublicKey], *, machine: str, instance: str,
+                command_digest: str, now: float) -> dict[str, Any]:
+    """The claims of ``ticket`` if it authorizes exactly this exec; TicketRefused otherwise."""
+    claims = _checked(ticket, keys, action=ACT_EXEC, machine=machine, instance=instance, now=now)
+    if claims.get("cmd") != command_digest:
+        raise TicketRefused("altered command", action=ACT_EXEC)
+    return claims
+
+
+def verify(ticket: str, keys: Mapping[str, Ed25519PublicKey], *, machine: str, instance: str,
+           params: LogParams, now: float) -> dict[str, Any]:
+    """The claims of ``ticket`` if it authorizes this request (signature, expiry, action, audience,
+    instance and parameters); TicketRefused with the first reason otherwise. Replays are ReplayCache's job."""
+    claims = _checked(ticket, keys, action=ACT_LOGS, machine=machine, instance=instance, now=now)
     tail = claims.get("tail")
     if claims.get("follow") is not params.follow or tail != params.tail or type(tail) is not type(params.tail):
         raise TicketRefused("altered params")
@@ -221,4 +262,14 @@ class TicketVerifier:
         claims = verify(ticket, self.keys(wire_keys), machine=self.machine, instance=instance, params=params,
                         now=now)
         self.replays.remember(claims["nonce"], float(claims["exp"]), now=now)
+        return claims
+
+    def check_exec(self, ticket: str, wire_keys: Iterable[object], *, instance: str, command_digest: str,
+                   now: float) -> dict[str, Any]:
+        claims = verify_exec(ticket, self.keys(wire_keys), machine=self.machine, instance=instance,
+                             command_digest=command_digest, now=now)
+        try:
+            self.replays.remember(claims["nonce"], float(claims["exp"]), now=now)
+        except TicketRefused as err:
+            raise TicketRefused(err.why, action=ACT_EXEC) from err
         return claims

@@ -313,31 +313,6 @@ class Secret(TypedDict, total=False):
     data: dict[str, str]  # key (an env-var or file name) -> value
 
 
-# ---- tokens (TOKEN_API.md; roles, values, hashes and expiry are in controlplane/tokens.py) ----
-
-
-class TokenSpec(TypedDict, total=False):
-    role: str
-    machine: str  # for role node (required), else ""
-    ttlSeconds: int  # 0: no expiry
-    description: str
-    join: bool  # a join token: good only for POST /api/v1/tokens/exchange, once
-
-
-class TokenStatus(TypedDict, total=False):
-    expiresAt: str  # RFC 3339, "" for never
-    createdAt: str
-    lastUsed: str  # written at most once a minute per token
-
-
-class Token(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: TokenSpec
-    status: TokenStatus
-
-
 # ---- builders ----
 
 EVENT_MESSAGE_MAX = 1000

@@ -16,7 +16,34 @@ import hmac
 import re
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
+
+from controlplane.model import ObjectMeta
+
+# ---- the Token object on the wire (TOKEN_API.md) ----
+
+
+class TokenSpec(TypedDict, total=False):
+    role: str
+    machine: str  # for role node (required), else ""
+    ttlSeconds: int  # 0: no expiry
+    description: str
+    join: bool  # a join token: good only for POST /api/v1/tokens/exchange, once
+
+
+class TokenStatus(TypedDict, total=False):
+    expiresAt: str  # RFC 3339, "" for never
+    createdAt: str
+    lastUsed: str  # written at most once a minute per token
+
+
+class Token(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: TokenSpec
+    status: TokenStatus
+
 
 TOKENS_RESOURCE = "tokens"
 TOKEN_ROLES = ("node", "viewer", "admin")

@@ -125,6 +125,16 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class ExecOutput:
+    """A piece of a streamed exec: ``stream`` is ``stdout`` or ``stderr`` with ``data``, or, last,
+    ``exit`` with ``exit_code``."""
+
+    stream: Literal["stdout", "stderr", "exit"]
+    data: bytes = b""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
 class ContainerEvent:
     """A change the engine reports: action is Docker's (`start`, `die`, `destroy`, ...)."""
 
@@ -167,6 +177,11 @@ class Runtime(Protocol):
     async def exec(self, container_id: str, command: list[str]) -> ExecResult:
         """Run a command inside; stdout and stderr interleaved in `output`. Bound it with
         `asyncio.timeout` when needed."""
+        ...
+
+    def exec_stream(self, container_id: str, command: list[str]) -> AsyncIterator[ExecOutput]:
+        """Run a command inside (no stdin, no TTY): its stdout and stderr as they come, kept apart,
+        then its exit code (``cpctl exec``)."""
         ...
 
     def logs(self, container_id: str, *, tail: int | None = None, follow: bool = False) -> AsyncIterator[bytes]:

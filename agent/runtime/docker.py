@@ -27,6 +27,7 @@ from agent.runtime.base import (
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
+    ExecOutput,
     ExecResult,
     ImageNotFound,
     ImagePullError,
@@ -249,6 +250,22 @@ class DockerRuntime:
             raise RuntimeUnavailable(f"exec in {container_id[:12]}: {err}") from err
         exit_code = info.get("ExitCode")
         return ExecResult(exit_code=-1 if exit_code is None else int(exit_code), output=b"".join(chunks))
+
+    async def exec_stream(self, container_id: str, command: list[str]) -> AsyncIterator[ExecOutput]:
+        """``docker exec`` without stdin or TTY; the engine's multiplexed stream 1 is stdout, 2 stderr."""
+        try:
+            container = self.docker.containers.container(container_id)
+            execution = await container.exec(list(command), stdout=True, stderr=True, stdin=False, tty=False)
+            async with execution.start(detach=False) as stream:
+                while (message := await stream.read_out()) is not None:
+                    yield ExecOutput("stderr" if message.stream == 2 else "stdout", message.data)
+            info = await execution.inspect()
+        except DockerError as err:
+            raise _wrap(err, f"exec in {container_id[:12]}") from err
+        except (aiohttp.ClientError, OSError) as err:
+            raise RuntimeUnavailable(f"exec in {container_id[:12]}: {err}") from err
+        exit_code = info.get("ExitCode")
+        yield ExecOutput("exit", exit_code=-1 if exit_code is None else int(exit_code))
 
     async def logs(
         self, container_id: str, *, tail: int | None = None, follow: bool = False

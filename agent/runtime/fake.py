@@ -21,6 +21,7 @@ from agent.runtime.base import (
     ContainerEvent,
     ContainerNotFound,
     ContainerSpec,
+    ExecOutput,
     ExecResult,
     ImageNotFound,
     ImagePullError,
@@ -144,6 +145,13 @@ class FakeRuntime:
         if c.state != "running":
             raise RuntimeFailure(f"container {container_id} is not running")
         return self.exec_results.get(tuple(command), ExecResult(0, b""))
+
+    async def exec_stream(self, container_id: str, command: list[str]) -> AsyncIterator[ExecOutput]:
+        """``exec_results``' output as stdout, then its exit code."""
+        result = await self.exec(container_id, command)
+        if result.output:
+            yield ExecOutput("stdout", result.output)
+        yield ExecOutput("exit", exit_code=result.exit_code)
 
     async def logs(
         self, container_id: str, *, tail: int | None = None, follow: bool = False

@@ -26,6 +26,7 @@ from agent.runtime.base import (
     Container,
     ContainerEvent,
     ContainerSpec,
+    ExecOutput,
     ExecResult,
     HostKeyRefused,
     RuntimeUnavailable,
@@ -184,6 +185,10 @@ class SSHDockerRuntime:
 
     async def exec(self, container_id: str, command: list[str]) -> ExecResult:
         return await (await self._ready()).exec(container_id, command)
+
+    async def exec_stream(self, container_id: str, command: list[str]) -> AsyncIterator[ExecOutput]:
+        async for piece in (await self._ready()).exec_stream(container_id, command):
+            yield piece
 
     async def logs(
         self, container_id: str, *, tail: int | None = None, follow: bool = False

@@ -112,11 +112,11 @@ class LogSigningKeys:
 LOG_SIGNING = web.AppKey("log_signing_keys", LogSigningKeys)
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:ERROR_MESSAGE_MAX]
 
 
-async def _upstream_error(machine: str, upstream: aiohttp.ClientResponse) -> BadGateway:
+async def upstream_error(machine: str, upstream: aiohttp.ClientResponse) -> BadGateway:
     """A 502 that says what the agent answered, without relaying its body."""
     message = ""
     try:
@@ -124,7 +124,7 @@ async def _upstream_error(machine: str, upstream: aiohttp.ClientResponse) -> Bad
             raw = await upstream.content.read(ERROR_BODY_MAX)
         doc = json.loads(raw)
         if isinstance(doc, dict) and isinstance(doc.get("message"), str):
-            message = _printable(doc["message"])
+            message = printable(doc["message"])
     except (TimeoutError, aiohttp.ClientError, ValueError):
         pass
     if 300 <= upstream.status < 400:
@@ -153,8 +153,9 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.
     return response
 
 
-def _target(request: web.Request, name: str) -> tuple[str, str]:
-    """The instance's machine and its agent's log URL, or the error that says why there is none."""
+def agent_target(request: web.Request, name: str, *, action: str = "logs") -> tuple[str, str]:
+    """The instance's machine and its agent's URL for ``action`` (logs, exec), or the error that says
+    why there is none."""
     registry = request.app[REGISTRY]
     instance = registry.get("instances", name)
     machine_name = str(instance["spec"].get("machine") or "")
@@ -163,7 +164,7 @@ def _target(request: web.Request, name: str) -> tuple[str, str]:
     status: dict[str, Any] = registry.get("machines", machine_name).get("status") or {}
     try:
         return machine_name, agent_url(str(status.get("address") or ""), status.get("agentPort") or 0,
-                                       f"logs/{name}")
+                                       f"{action}/{name}")
     except ValueError as err:
         raise ServiceUnavailable(f'machine "{machine_name}" has not reported a usable agent address') from err
 
@@ -172,7 +173,7 @@ async def instance_log(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     authorize(user_of(request), "get", "instances", name=name, subresource="log")
     params: LogParams = parse_log_params(request.query)
-    machine, url = _target(request, name)
+    machine, url = agent_target(request, name)
     key = await request.app[LOG_SIGNING].signing_key()
     ticket = issue(key, machine=machine, instance=name, params=params, now=time.time())
     timeout = aiohttp.ClientTimeout(total=None if params.follow else UNFOLLOWED_SECONDS,
@@ -185,8 +186,8 @@ async def instance_log(request: web.Request) -> web.StreamResponse:
                                              headers={"Authorization": f"{TICKET_SCHEME} {ticket}"})
             async with upstream:
                 if upstream.status != 200:
-                    raise await _upstream_error(machine, upstream)
+                    raise await upstream_error(machine, upstream)
                 return await _relay(request, upstream)
     except (TimeoutError, aiohttp.ClientError) as err:
         raise ServiceUnavailable(f'the agent of machine "{machine}" is unreachable: '
-                                 f"{_printable(str(err)) or err.__class__.__name__}") from err
+                                 f"{printable(str(err)) or err.__class__.__name__}") from err

@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api.auth import User, authorize
+from controlplane.api.execproxy import instance_exec
 from controlplane.api.http import json_response, read_json
 from controlplane.api.logproxy import LOG_SIGNING, LogSigningKeys, instance_log
 from controlplane.api.node_policy import check_node_labels
@@ -165,3 +166,4 @@ def add_routes(app: web.Application) -> None:
     app[LOG_SIGNING] = LogSigningKeys(app[STORE])
     app.router.add_post("/api/v1/machines/{name}/heartbeat", heartbeat)
     app.router.add_get("/api/v1/instances/{name}/log", instance_log)
+    app.router.add_post("/api/v1/instances/{name}/exec", instance_exec)

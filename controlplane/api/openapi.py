@@ -62,6 +62,8 @@ ERRORS = {
 
 
 JSON_VALUE = "#/components/schemas/JsonValue"
+EXEC_FRAMES = ('frames of 1 byte stream (1 stdout, 2 stderr, 3 exit), 4 bytes big-endian length, the bytes; the last '
+               '(3) is JSON {"exitCode": N} or {"error": "..."}. No stdin, no TTY (controlplane/execstream.py)')
 
 
 def _error_responses(*codes: str) -> dict[str, Any]:
@@ -241,6 +243,17 @@ def _subresource_paths(spec: APISpec) -> None:
         "get": {"operationId": "readInstanceLog", "summary": "The instance's container output, from its agent",
                 "responses": {"200": {"description": "plain text", "content": {"text/plain": {"schema": {
                     "type": "string"}}}}, **_error_responses("400", "401", "403", "404", "502", "503")}},
+    })
+    _path(spec, path="/api/v1/instances/{name}/exec", operations={
+        "parameters": [NAME_PARAM],
+        "post": {"operationId": "execInstance", "summary": "Run a command in the instance's container (admins only)",
+                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                     "type": "object", "additionalProperties": False, "required": ["command"], "properties": {
+                         "command": {"type": "array", "minItems": 1, "maxItems": 256, "items": {"type": "string"}},
+                         "container": {"type": "string", "maxLength": 63}}}}}},
+                 "responses": {"200": {"description": EXEC_FRAMES, "content": {
+                     "application/vnd.controlplane.exec.v1": {"schema": {"type": "string", "format": "binary"}}}},
+                     **_error_responses("400", "401", "403", "404", "413", "415", "502", "503")}},
     })
 
 

@@ -25,6 +25,7 @@ from controlplane.errors import AlreadyExists, Conflict, CPError, ServiceUnavail
 from .common import KIND_TO_RESOURCE, CLIError, call, error_line, ref
 from .config import connection_options
 from .dryrun import CLIENT, SERVER, dry_run_option, dry_run_suffix, print_objects
+from .durations import DURATION
 from .merge import apply_patch, with_record
 from .rest import RestClient
 from .run import DEFAULT_TIMEOUT
@@ -158,8 +159,8 @@ def apply_object(api: RestClient, obj: dict[str, Any], *, dry_run: bool = False)
               help="YAML or JSON file, a directory of them, or '-' for stdin (repeatable)")
 @dry_run_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait until applied units are ready")
-@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True,
-              help="seconds to wait")
+@click.option("--timeout", type=DURATION, default=DEFAULT_TIMEOUT, show_default=True,
+              help="how long to wait: 30s, 2m, 1h30m or seconds")
 @connection_options
 def apply_command(paths: tuple[str, ...], dry_run: str, wait: bool, timeout: float) -> None:
     """Create or merge the objects in FILE(s) (YAML or JSON, several documents)."""

@@ -10,6 +10,7 @@ import click
 from controlplane import dev as devlib
 from controlplane.model import DEFAULT_PROXY_IMAGE
 
+from .durations import Duration
 from .terminal import echo
 
 STATE_DIR_HELP = "state folder [env CPCTL_DEV_STATE_DIR; default ~/.local/state/cpctl-dev]"
@@ -34,17 +35,17 @@ def dev() -> None:
               help="API server port on 127.0.0.1 (0: any free port; a taken port falls back to a free one)")
 @click.option("--agent-port", type=click.IntRange(0, 65535), default=devlib.DEFAULT_AGENT_PORT, show_default=True,
               help="agents' log port on their machine address (0: any free port)")
-@click.option("--machine-ttl", type=click.IntRange(1, 3600), default=5, show_default=True,
-              help="seconds without heartbeats before a machine is NotReady")
+@click.option("--machine-ttl", type=Duration(minimum=1, maximum=3600), default=5, show_default=True,
+              help="time without heartbeats before a machine is NotReady (whole seconds)")
 @click.option("--proxy-image", default=DEFAULT_PROXY_IMAGE, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=1), default=60, show_default=True)
+@click.option("--timeout", type=Duration(minimum=1), default=60, show_default=True)
 @click.option("--insecure-http", is_flag=True,
               help="serve the API over plain HTTP (debugging); by default HTTPS with a cluster CA made for it")
 def up_command(machines: int, state_dir: str | None, cluster: str, api_port: int, agent_port: int,
-               machine_ttl: int, proxy_image: str, timeout: float, insecure_http: bool) -> None:
+               machine_ttl: float, proxy_image: str, timeout: float, insecure_http: bool) -> None:
     """Start the cluster in the background and write the cpctl config (server, token, CA)."""
     options = devlib.UpOptions(machines=machines, state_dir=Path(state_dir) if state_dir else None, cluster=cluster,
-                               api_port=api_port, agent_port=agent_port, machine_ttl=machine_ttl,
+                               api_port=api_port, agent_port=agent_port, machine_ttl=round(machine_ttl),
                                proxy_image=proxy_image, timeout=timeout, insecure_http=insecure_http)
     try:
         state = devlib.up(options, echo=echo)

@@ -10,13 +10,14 @@ import sys
 import click
 
 from .common import call
+from .completion import complete_names_of
 from .config import connection_options
 from .rest import RestClient
 from .terminal import LogFilter
 
 
 @click.command("logs")
-@click.argument("instance")
+@click.argument("instance", shell_complete=complete_names_of("instances"))
 @click.option("-f", "--follow", is_flag=True, help="keep printing new output")
 @click.option("--tail", type=click.IntRange(min=0), help="only the last N lines")
 @connection_options

@@ -20,8 +20,10 @@ import click
 from controlplane.errors import NotFound
 
 from .common import call, ref
+from .completion import complete_names_of
 from .config import connection_options
-from .printers import format_table
+from .outputs import no_headers_option
+from .printers import format_table, without_header
 from .rest import RestClient
 from .terminal import echo
 
@@ -64,20 +66,22 @@ def list_units_table(instances: list[dict[str, Any]], machines: list[dict[str, A
 
 
 @click.command("list-machines")
+@no_headers_option
 @connection_options
-def list_machines_command() -> None:
+def list_machines_command(no_headers: bool) -> None:
     """The machines, in fleetctl's columns (MACHINE, IP, METADATA)."""
 
     def go(api: RestClient) -> str:
         machines, _ = api.list_all("machines")
         return list_machines_table(machines)
 
-    echo(call(go))
+    echo(without_header(call(go), headers=not no_headers))
 
 
 @click.command("list-units")
+@no_headers_option
 @connection_options
-def list_units_command() -> None:
+def list_units_command(no_headers: bool) -> None:
     """Every instance, in fleetctl's columns (UNIT, MACHINE, ACTIVE, SUB)."""
 
     def go(api: RestClient) -> str:
@@ -85,7 +89,7 @@ def list_units_command() -> None:
         machines, _ = api.list_all("machines")
         return list_units_table(instances, machines)
 
-    echo(call(go))
+    echo(without_header(call(go), headers=not no_headers))
 
 
 def _set_unschedulable(api: RestClient, machine: str, value: bool) -> None:
@@ -93,7 +97,7 @@ def _set_unschedulable(api: RestClient, machine: str, value: bool) -> None:
 
 
 @click.command("cordon")
-@click.argument("machine")
+@click.argument("machine", shell_complete=complete_names_of("machines"))
 @connection_options
 def cordon_command(machine: str) -> None:
     """Keep new instances off MACHINE (what runs there stays)."""
@@ -106,7 +110,7 @@ def cordon_command(machine: str) -> None:
 
 
 @click.command("uncordon")
-@click.argument("machine")
+@click.argument("machine", shell_complete=complete_names_of("machines"))
 @connection_options
 def uncordon_command(machine: str) -> None:
     """Let the scheduler place instances on MACHINE again."""
@@ -119,7 +123,7 @@ def uncordon_command(machine: str) -> None:
 
 
 @click.command("drain")
-@click.argument("machine")
+@click.argument("machine", shell_complete=complete_names_of("machines"))
 @connection_options
 def drain_command(machine: str) -> None:
     """Cordon MACHINE and move its instances elsewhere (they are deleted and recreated)."""

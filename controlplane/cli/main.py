@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "scale": "controlplane.cli.scale:scale_command",
     "delete": "controlplane.cli.delete:delete_command",
     "logs": "controlplane.cli.logs:logs_command",
+    "exec": "controlplane.cli.exec:exec_command",
     "list-machines": "controlplane.cli.machines:list_machines_command",
     "list-units": "controlplane.cli.machines:list_units_command",
     "cordon": "controlplane.cli.machines:cordon_command",
@@ -45,6 +46,7 @@ COMMANDS: dict[str, str] = {
     "machine": "controlplane.cli.join:machine_group",
     "token": "controlplane.cli.tokens:token_group",
     "dev": "controlplane.cli.dev:dev",
+    "config": "controlplane.cli.configcmd:config_group",
 }
 
 
@@ -80,7 +82,8 @@ def main() -> None:
     """cpctl: run and inspect units on a controlplane cluster.
 
     The server comes from --server, else CPCTL_SERVER, else ~/.config/cpctl/config.yaml
-    (likewise --token/CPCTL_TOKEN and --ca/CPCTL_CA).
+    (likewise --token/CPCTL_TOKEN and --ca/CPCTL_CA); --context NAME picks one of the
+    file's contexts (cpctl config get-contexts).
     Exit codes: 0 success, 1 the server refused or failed, 2 usage error, 3 a wait missed its goal.
     """
 

@@ -1,4 +1,5 @@
-"""Output formats of ``cpctl get`` and friends: table, wide, json, yaml and name.
+"""Output formats of ``cpctl get`` and friends: table, wide, json, yaml and name (and, through
+cli/outputs.py, jsonpath=TEMPLATE and custom-columns=SPEC).
 
 Pure functions of (resource, objects, now) so every column is unit-tested without a server.
 Tables are plain text padded kubectl-style (no rich), which keeps them greppable and cheap; yaml
@@ -15,9 +16,10 @@ from typing import Any
 from controlplane.model import API_VERSION, DEFAULT_PROTOCOL
 
 from .common import KINDS, ref
+from .outputs import PLAIN_OUTPUTS, OutputFormat, column_rows, jsonpath_text, parse_output
 from .terminal import safe_text
 
-OUTPUTS = ("table", "wide", "json", "yaml", "name")
+OUTPUTS = PLAIN_OUTPUTS
 NONE = "<none>"
 Row = list[str]
 
@@ -239,10 +241,12 @@ def table(resource: str, items: list[dict[str, Any]], *, wide: bool = False, now
     """The table for ``items`` of ``resource`` (``headers=False`` for rows under an earlier header)."""
     now = now or dt.datetime.now(dt.UTC)
     head, rows = TABLES[resource](items, wide, now)
-    text = format_table(head, rows)
-    if not headers:
-        return "\n".join(text.splitlines()[1:])
-    return text
+    return without_header(format_table(head, rows), headers=headers)
+
+
+def without_header(text: str, *, headers: bool) -> str:
+    """``text`` as is, or without its first line (``--no-headers``, rows under an earlier header)."""
+    return text if headers else "\n".join(text.splitlines()[1:])
 
 
 def dump_yaml(data: Any) -> str:
@@ -252,13 +256,21 @@ def dump_yaml(data: Any) -> str:
     return str(yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False))
 
 
-def render(resource: str, items: list[dict[str, Any]], output: str, *, single: bool = False,
-           now: dt.datetime | None = None, resource_version: str = "") -> str:
-    """``items`` in ``output`` format; ``single`` prints one object itself rather than a List."""
+def render(resource: str, items: list[dict[str, Any]], output: str | OutputFormat, *, single: bool = False,
+           now: dt.datetime | None = None, resource_version: str = "", headers: bool = True) -> str:
+    """``items`` in ``output`` format; ``single`` prints one object itself rather than a List;
+    ``headers=False`` leaves out a table's header line."""
+    form = output if isinstance(output, OutputFormat) else parse_output(output)
+    output = form.kind
     if output in ("table", "wide"):
         if not items:
             return ""
-        return table(resource, items, wide=output == "wide", now=now)
+        return table(resource, items, wide=output == "wide", now=now, headers=headers)
+    if output == "custom-columns":
+        if not items:
+            return ""
+        head, rows = column_rows(items, form.columns)
+        return without_header(format_table(head, rows), headers=headers)
     if output == "name":
         return "\n".join(ref(resource, _meta(o).get("name", "")) for o in items)
     data: Any
@@ -271,4 +283,6 @@ def render(resource: str, items: list[dict[str, Any]], output: str, *, single: b
         return json.dumps(data, indent=2)
     if output == "yaml":
         return dump_yaml(data).rstrip("\n")
+    if output == "jsonpath":
+        return jsonpath_text(form, data)
     raise ValueError(f"unknown output format {output!r}")

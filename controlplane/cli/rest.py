@@ -276,16 +276,19 @@ class RestClient:
 
     # --- streams ---------------------------------------------------------------------------------
 
-    def _open_stream(self, path: str, params: Mapping[str, str], *,
-                     read_timeout: float | None) -> tuple[HTTPConnection, HTTPResponse, str]:
-        """A GET whose body the caller streams, on a connection of its own, from the first server that
-        answers it (the caller closes the connection); an error answer is raised, a 503 tries the next."""
+    def _open_stream(self, path: str, params: Mapping[str, str], *, read_timeout: float | None,
+                     body: Any = None) -> tuple[HTTPConnection, HTTPResponse, str]:
+        """A GET (a POST of ``body``) whose answer the caller streams, on a connection of its own, from
+        the first server that answers it (the caller closes the connection); an error answer is raised,
+        a 503 tries the next. A POST whose connection broke once sent is not sent again."""
         target = path + ("?" + urlencode(params) if params else "")
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        method = "GET" if data is None else "POST"
         failures: list[CPError] = []
         for server in self.servers.attempts():
             try:
                 connection = self._connect(server, timeout=read_timeout)
-                connection.request("GET", target, headers=self._headers(None))
+                connection.request(method, target, body=data, headers=self._headers(None if data is None else JSON))
                 response = connection.getresponse()
             except _NotSent as err:
                 failures.append(self._unreachable(err.cause, server=server))
@@ -295,6 +298,8 @@ class RestClient:
                 connection.close()
                 failures.append(self._unreachable(err, server=server, seconds=read_timeout))
                 self.servers.failed(server)
+                if data is not None:
+                    raise failures[-1] from err
                 continue
             if response.status < 400:
                 self.servers.answered(server)
@@ -336,16 +341,14 @@ class RestClient:
         finally:
             connection.close()
 
-    def logs(self, instance: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
-        """The instance's container output in chunks, as the agent sends it (proxied by the API server)."""
-        params: dict[str, str] = {}
-        if follow:
-            params["follow"] = "1"
-        if tail is not None:
-            params["tail"] = str(tail)
-        read_timeout = None if follow else max(self.timeout, 60.0)
-        connection, response, server = self._open_stream(object_path("instances", instance, "log"), params,
-                                                         read_timeout=read_timeout)
+    def exec(self, instance: str, body: dict[str, Any]) -> Iterator[bytes]:
+        """The answer of ``POST /api/v1/instances/NAME/exec`` in chunks (frames: controlplane/execstream.py)."""
+        connection, response, server = self._open_stream(object_path("instances", instance, "exec"), {},
+                                                         read_timeout=None, body=body)
+        return self._chunks(connection, response, server, read_timeout=None)
+
+    def _chunks(self, connection: HTTPConnection, response: HTTPResponse, server: str, *,
+                read_timeout: float | None) -> Iterator[bytes]:
         try:
             while True:
                 try:
@@ -358,6 +361,18 @@ class RestClient:
                 yield chunk
         finally:
             connection.close()
+
+    def logs(self, instance: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+        """The instance's container output in chunks, as the agent sends it (proxied by the API server)."""
+        params: dict[str, str] = {}
+        if follow:
+            params["follow"] = "1"
+        if tail is not None:
+            params["tail"] = str(tail)
+        read_timeout = None if follow else max(self.timeout, 60.0)
+        connection, response, server = self._open_stream(object_path("instances", instance, "log"), params,
+                                                         read_timeout=read_timeout)
+        yield from self._chunks(connection, response, server, read_timeout=read_timeout)
 
 
 def _dry(dry_run: bool) -> dict[str, str] | None:

@@ -23,6 +23,7 @@ from controlplane.model import NOT_TEMPLATE
 from .common import CLIError, call, ref
 from .config import connection_options
 from .dryrun import CLIENT, NONE, dry_run_option, dry_run_suffix, print_objects
+from .durations import DURATION
 from .rest import RestClient
 from .run import DEFAULT_TIMEOUT
 from .terminal import echo
@@ -68,8 +69,8 @@ def rolled_back(unit: dict[str, Any], template: dict[str, Any]) -> dict[str, Any
 
 @rollout_group.command("status")
 @click.argument("unit")
-@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True,
-              help="seconds to wait")
+@click.option("--timeout", type=DURATION, default=DEFAULT_TIMEOUT, show_default=True,
+              help="how long to wait: 30s, 2m, 1h30m or seconds")
 @connection_options
 def status_command(unit: str, timeout: float) -> None:
     """Wait until UNIT's newest template runs on every wanted instance, ready."""

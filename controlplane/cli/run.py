@@ -19,6 +19,7 @@ from controlplane.model import API_VERSION, DEFAULT_PROTOCOL, DEFAULT_PROXY_PORT
 from .common import call, ref
 from .config import connection_options
 from .dryrun import CLIENT, NONE, dry_run_option, dry_run_suffix, print_objects
+from .durations import DURATION
 from .rest import RestClient
 from .terminal import echo
 from .wait import wait_for_units
@@ -234,8 +235,8 @@ def build_unit(
 @click.option("--edge", metavar="DOMAIN", help="make this an edge proxy for *.DOMAIN")
 @click.option("--label", "labels", multiple=True, metavar="k=v", help="label of the unit")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="wait until every instance is ready")
-@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True,
-              help="seconds to wait")
+@click.option("--timeout", type=DURATION, default=DEFAULT_TIMEOUT, show_default=True,
+              help="how long to wait: 30s, 2m, 1h30m or seconds")
 @dry_run_option
 @connection_options
 def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float, dry_run: str,

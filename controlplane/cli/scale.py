@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from .common import call, ref
+from .completion import complete_names_of
 from .config import connection_options
 from .dryrun import CLIENT, NONE, dry_run_option, dry_run_suffix
+from .durations import DURATION
 from .rest import RestClient
 from .run import DEFAULT_TIMEOUT
 from .terminal import echo
@@ -14,10 +16,10 @@ from .wait import wait_for_units
 
 
 @click.command("scale")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_names_of("units"))
 @click.option("--replicas", type=click.IntRange(min=0), required=True, help="the new number of copies")
 @click.option("--wait/--no-wait", default=False, show_default=True, help="wait until every instance is ready")
-@click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT, show_default=True)
+@click.option("--timeout", type=DURATION, default=DEFAULT_TIMEOUT, show_default=True)
 @dry_run_option
 @connection_options
 def scale_command(name: str, replicas: int, wait: bool, timeout: float, dry_run: str) -> None:

@@ -9,29 +9,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from controlplane.model import API_VERSION
-from controlplane.tokens import TOKEN_ROLES, TOKENS_RESOURCE, parse_duration
+from controlplane.tokens import TOKEN_ROLES, TOKENS_RESOURCE
 
 from .common import call
 from .config import connection_options
-from .printers import age, dump_yaml, format_table, parse_time
+from .durations import Duration
+from .outputs import no_headers_option
+from .printers import age, dump_yaml, format_table, parse_time, without_header
 from .terminal import echo
 
 if TYPE_CHECKING:
     from controlplane.client import Client
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
-    if value is None:
-        return 0
-    try:
-        return parse_duration(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from err
+def _whole_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> int:
+    """The server takes whole seconds (0: never expires); a part second rounds up."""
+    return 0 if value is None else math.ceil(value)
 
 
 def token_request(*, role: str, machine: str | None, ttl_seconds: int, description: str, join: bool,
@@ -79,7 +78,7 @@ def token_group() -> None:
 @token_group.command("create")
 @click.option("--role", type=click.Choice(TOKEN_ROLES), required=True)
 @click.option("--machine", metavar="NAME", help="the machine a node token is bound to (node only, required)")
-@click.option("--ttl", "ttl_seconds", metavar="DURATION", callback=_duration,
+@click.option("--ttl", "ttl_seconds", type=Duration(minimum=1), callback=_whole_seconds,
               help="expire after 30s, 2m, 24h, 7d, 1h30m, ... (default: never)")
 @click.option("--description", metavar="TEXT", default="", help="what the token is for (at most 256 characters)")
 @click.option("--join", is_flag=True, help="a join token: the agent exchanges it, once, for a node token")
@@ -99,8 +98,9 @@ def create_command(role: str, machine: str | None, ttl_seconds: int, description
 
 @token_group.command("list")
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@no_headers_option
 @connection_options
-def list_command(output: str) -> None:
+def list_command(output: str, no_headers: bool) -> None:
     """The tokens (items[].metadata.name is the id); never a value."""
 
     async def go(api: Client) -> tuple[list[dict[str, Any]], str]:
@@ -111,7 +111,7 @@ def list_command(output: str) -> None:
         if not items:
             echo("No tokens found.", err=True)
             return
-        echo(token_table(items, dt.datetime.now(dt.UTC)))
+        echo(without_header(token_table(items, dt.datetime.now(dt.UTC)), headers=not no_headers))
         return
     data = {"kind": "TokenList", "apiVersion": API_VERSION, "metadata": {"resourceVersion": revision}, "items": items}
     echo(json.dumps(data, indent=2) if output == "json" else dump_yaml(data).rstrip("\n"))
