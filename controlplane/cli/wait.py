@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.errors import NotFound
+from controlplane.model import template_of
 
 from .common import WaitTimeout, ref
 from .rest import RestClient
@@ -50,8 +51,13 @@ class UnitProgress:
         return f"{ref('units', self.name)}: {self.ready}/{self.desired} ready"
 
 
-def _up_to_date(instance: dict[str, Any], generation: int) -> bool:
-    return int((instance.get("spec") or {}).get("generation") or 0) >= generation
+def _up_to_date(instance: dict[str, Any], generation: int, unit_spec: dict[str, Any]) -> bool:
+    """Of the unit's current generation, or carrying its current template: a scale bumps the
+    generation but rolls nothing, and the controllers leave such an instance as it is."""
+    spec = instance.get("spec") or {}
+    if int(spec.get("generation") or 0) >= generation:
+        return True
+    return "template" in spec and spec["template"] == template_of(unit_spec)
 
 
 def _is_up(instance: dict[str, Any]) -> bool:
@@ -69,7 +75,7 @@ def unit_progress(unit: dict[str, Any], instances: list[dict[str, Any]]) -> Unit
         (i for i in instances if (i.get("spec") or {}).get("unit") == name),
         key=lambda i: (int((i.get("spec") or {}).get("index") or 0), (i.get("metadata") or {}).get("name", "")),
     )
-    ready = sum(1 for i in mine if _is_up(i) and _up_to_date(i, generation))
+    ready = sum(1 for i in mine if _is_up(i) and _up_to_date(i, generation, spec))
     if spec.get("global"):
         observed = int(status.get("observedGeneration") or 0) >= generation > 0
         desired = max(len(mine), int(status.get("replicas") or 0) if observed else 0, 1)

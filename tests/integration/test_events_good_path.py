@@ -52,7 +52,9 @@ def test_describe_lists_the_lifecycle_and_killing_after_scale_down_and_delete(cl
     assert f"Successfully assigned desc-0 to {machine}" in events
     assert "Container image \"local/web:latest\" already present on machine" in events
 
-    scaled = cluster.cpctl("scale", "desc", "--replicas", "1")
+    # --wait: the instance that stays is of the same template, though the scale bumped the
+    # unit's generation (the wait used to miss it and time out)
+    scaled = cluster.cpctl("scale", "desc", "--replicas", "1", "--wait", "--timeout", "30s")
     assert scaled.returncode == 0, scaled.stderr
     cluster.wait_for(lambda: "Killing" in reasons(cluster, "desc-1"), timeout=30, what="Killing about desc-1")
     listed = cluster.cpctl("get", "events")

@@ -375,6 +375,20 @@ def test_unit_progress_counts_current_running_ready() -> None:
     assert unit_progress(unit, instances).ready == 0
 
 
+def test_unit_progress_after_a_scale_counts_instances_of_the_same_template() -> None:
+    """A scale bumps the unit's generation but rolls nothing: an instance that carries the unit's
+    template counts as current (``cpctl scale --wait`` waited forever for it)."""
+    unit = _unit("web", image="x")
+    unit["metadata"]["generation"] = 2
+    unit["spec"]["replicas"] = 3
+    same = [_instance(f"web-{n}", machine="m1", phase="Running", ready=True, index=n) for n in range(3)]
+    for inst in same:
+        inst["spec"]["template"] = {"image": "x"}
+    assert unit_progress(unit, same).done
+    same[0]["spec"]["template"] = {"image": "old"}  # an instance of another template still waits
+    assert unit_progress(unit, same).ready == 2
+
+
 def test_unit_progress_global() -> None:
     unit = _unit("edge", image="x", **{"global": True})
     unit["status"] = {"replicas": 0, "observedGeneration": 0}
