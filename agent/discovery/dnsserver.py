@@ -17,6 +17,7 @@ import logging
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord  # type: ignore[import-untyped]
 
@@ -144,8 +145,7 @@ class _UDPServer(asyncio.DatagramProtocol):
         self.pending: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # the selector's is not a subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if not allowed_client(addr[0]):
