@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from docker_fixture import build_local_images
 
 IMAGE = "local/client:latest"
