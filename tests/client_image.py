@@ -1,5 +1,6 @@
 """``local/client:latest`` for tests that fetch a URL from inside a container: local/web plus the
-host's GNU wget, dynamically linked, with the glibc name-service modules it resolves names with.
+host's GNU wget, dynamically linked, with the glibc name-service modules it resolves names with
+(and busybox's ``rm``, so a benchmark can take a readiness file away).
 
 Why not local/web's own ``wget``: busybox-static's wget crashes (SIGSEGV) in these containers,
 even on an IP address (/work/shared/env/MACHINE.md says so too), so a test of name resolution
@@ -51,6 +52,8 @@ def build_client_image() -> str:
             target = root / path.relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path.resolve(), target)
+        (root / "bin").mkdir(exist_ok=True)
+        (root / "bin" / "rm").symlink_to("busybox")  # benchmarks toggle readiness by a file
         (root / "etc").mkdir(exist_ok=True)
         (root / "etc" / "nsswitch.conf").write_text("hosts: files dns\n")
         (Path(folder) / "Dockerfile").write_text(
