@@ -48,6 +48,12 @@ class BenchCluster(LocalCluster):
         own = ["--service-cidr", f"10.236.{number}.0/24"] + (["--metadata", "role=web"] if number > 1 else [])
         super().start_agent(machine, extra=[*own, *(extra or [])])
 
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)  # type: ignore[arg-type]
+        for machine in self.names:
+            subprocess.run(["ip", "route", "del", "local", f"10.236.{machine[1:]}.0/24", "dev", "lo"],
+                           capture_output=True, check=False)
+
 
 def request(address: str, port: int) -> tuple[float, str, float]:
     """(start, machine that answered or "", seconds) of one GET on a new connection."""
