@@ -1,4 +1,5 @@
-"""agent/discovery/table.py and settings.py: virtual addresses, DNS answers, backend choice, flags (pure)."""
+"""agent/discovery (table.py, settings.py, the plug-in's shape and table): virtual addresses, DNS answers,
+backend choice, flags, containers' DNS configuration; no sockets."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ipaddress
 
 import pytest
 
+from agent.discovery.plugin import Discovery
 from agent.discovery.settings import parse_service_cidr
 from agent.discovery.table import (
     Backend,
@@ -16,8 +18,11 @@ from agent.discovery.table import (
     build_table,
     decide,
 )
+from agent.executor import Executor
+from agent.reconcile import DesiredInstance
 from agent.runtime.base import ContainerSpec
 from agent.runtime.docker import create_config
+from agent.runtime.fake import FakeRuntime
 from controlplane.discovery import service_lines, service_ports
 
 NET = ipaddress.IPv4Network("10.234.0.0/16")
@@ -147,3 +152,32 @@ def test_describe_lines_name_the_service_and_where_it_leads() -> None:
     assert lines == ["  Name:     web.cp.internal", "  tcp/8080: web.cp.internal:8080 -> 1 ready",
                      "    web-0 on m1 at 127.0.1.2:32000"]
     assert service_lines(unit("web"), None)[1].endswith("no ready instance")
+
+
+def test_the_plugin_gives_bridge_containers_the_resolver_and_leaves_host_network_ones() -> None:
+
+    plugin = Discovery(None, domain="cp.internal", network=ipaddress.IPv4Network("10.235.2.0/24"),  # type: ignore[arg-type]
+                       upstreams=[])
+    app = DesiredInstance(name="app-0", unit="app", index=0, machine="m1", image="i")
+    proxy = DesiredInstance(name="lb-0", unit="lb", index=0, machine="m1", image="nginx", network="host")
+    assert plugin.shape([app, proxy], {}) == [app, proxy]  # not started: discovery is off, nothing changes
+    plugin.enabled = True
+    shaped_app, shaped_proxy = plugin.shape([app, proxy], {})
+    assert (shaped_app.dns, shaped_app.dns_search) == (("10.235.2.1",), ("cp.internal",))
+    assert shaped_proxy == proxy
+    spec = Executor(FakeRuntime(), cluster="c1", machine="m1", address="127.0.1.1").container_spec(shaped_app)
+    assert (spec.dns, spec.dns_search) == (("10.235.2.1",), ("cp.internal",))
+
+
+def test_the_table_follows_units_and_endpoints_as_the_plugin_rebuilds_it() -> None:
+
+    plugin = Discovery(None, domain="cp.internal", network=NET, upstreams=[])  # type: ignore[arg-type]
+    plugin.units["web"] = unit("web")
+    plugin.endpoints["web"] = {"endpoints": [ep("web-0", "127.0.1.2", 32000)]}
+    plugin.rebuild()
+    assert plugin.table.backends[("web", 8080)] == (Backend("127.0.1.2", 32000, "web-0"),)
+    assert decide(plugin.resolver.table(), "web.cp.internal", "A").kind == "address"
+    plugin.endpoints["web"] = {"endpoints": []}
+    plugin.rebuild()
+    assert plugin.forwarder.table().backends[("web", 8080)] == ()
+    assert plugin.changed.is_set()
