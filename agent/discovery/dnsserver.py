@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
-from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord  # type: ignore[import-untyped]
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord  # type: ignore[import-untyped]
 
 from agent.discovery.table import Decision, ServiceTable, decide
 
@@ -75,7 +75,7 @@ def error_packet(data: bytes, rcode: int) -> bytes | None:
     """A reply carrying only ``rcode`` to a packet we could not answer otherwise (None: not DNS)."""
     try:
         query = DNSRecord.parse(data)
-    except (DNSError, Exception):
+    except Exception:  # dnslib raises several kinds on garbage
         return None
     reply = query.reply()
     reply.header.rcode = rcode
