@@ -319,6 +319,8 @@ class Executor:
             host_ip=self.address,
             binds=d.binds,
             network=d.network,
+            dns=d.dns,
+            dns_search=d.dns_search,
             cpu=d.cpu,
             memory_mb=d.memory_mb,
             init=True,

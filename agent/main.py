@@ -22,6 +22,7 @@ import click
 from aiohttp import web
 
 from agent.agent import Agent, AgentConfig
+from agent.discovery.settings import DiscoverySettings, open_discovery, parse_service_cidr
 from agent.distimages import ClusterImages, ImageEngine
 from agent.jointoken import finish_join_exchange, redeem_join_token
 from agent.logserver import make_log_app
@@ -142,7 +143,7 @@ async def open_runtime(docker: str, *, known_hosts: str | None, ssh_key: str | N
 async def run_agent(*, server: str, token: str | None, ca: str | None, config: AgentConfig, docker: str,
                     known_hosts: str | None, ssh_key: str | None, scrubber: Scrubber | None = None,
                     metrics_listen: tuple[str, int] | None = None, metrics_required: bool = False,
-                    token_file: str | None = None) -> None:
+                    token_file: str | None = None, discovery: DiscoverySettings | None = None) -> None:
     exchange_later = False
     if token_file and token:  # a join token becomes a node token, once (agent/jointoken.py)
         token, exchange_later = await redeem_join_token(server, token, token_file, ca=ca)
@@ -154,7 +155,9 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
                            address=config.address, state_dir=Path(config.state_dir), metrics=metrics)
     # Docker engines load missing images the cluster serves at /dist/ (the proxy image: agent/distimages.py)
     images = ClusterImages(client, cast(ImageEngine, runtime)) if hasattr(runtime, "load_image") else None
-    agent = Agent(client, runtime, config, plugins=[proxies], scrubber=scrubber, metrics=metrics,
+    names = await open_discovery(client, discovery, docker=docker)  # <unit>.<domain> (docs/discovery.md)
+    agent = Agent(client, runtime, config, plugins=[proxies, *([names] if names else [])], scrubber=scrubber,
+                  metrics=metrics,
                   image_source=images.provide if images else None)
 
     def container_ids() -> dict[str, str]:
@@ -188,6 +191,8 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await main_task
         await runner.cleanup()
+        if names is not None:
+            await names.close()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await client.close()
@@ -219,11 +224,18 @@ async def run_agent(*, server: str, token: str | None, ca: str | None, config: A
 @click.option("--state-dir", default="/var/lib/cp-agent", show_default=True, help="proxy configs live here")
 @click.option("--metrics-listen", default="", metavar="HOST:PORT|off",
               help="where /metrics is served (Prometheus text, no token) [default: --address, port 9102]")
+@click.option("--cluster-domain", default="cp.internal", show_default=True,
+              help="containers reach unit U at U.<domain> (docs/discovery.md)")
+@click.option("--service-cidr", default="10.234.0.0/16", show_default=True, metavar="CIDR|off",
+              help="IPv4 network of the units' virtual addresses on this host; its .1 is the resolver")
+@click.option("--dns-upstream", default="", metavar="IP[,IP...]",
+              help="resolvers for names outside the domain [default: the host's /etc/resolv.conf]")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(server: str, token: str | None, token_file: str | None, ca: str | None, machine: str, metadata: str,
          address: str, cpu: float | None, memory_mb: int | None, docker: str, known_hosts: str | None,
          ssh_key: str | None, fence_after: float | None, agent_port: int, cluster: str, proxy_image: str,
-         state_dir: str, metrics_listen: str, log_level: str) -> None:
+         state_dir: str, metrics_listen: str, cluster_domain: str, service_cidr: str, dns_upstream: str,
+         log_level: str) -> None:
     """The controlplane agent: runs this machine's instances as Docker containers."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scrubber = Scrubber()
@@ -234,6 +246,10 @@ def main(server: str, token: str | None, token_file: str | None, ca: str | None,
         metrics_where = parse_metrics_listen(metrics_listen, address=address)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--metrics-listen") from err
+    try:
+        discovery = parse_service_cidr(service_cidr, domain=cluster_domain, upstreams=dns_upstream)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--service-cidr/--cluster-domain/--dns-upstream") from err
     host_cpu, host_memory = host_capacity()
     config = AgentConfig(
         machine=machine, address=address, cluster=cluster, labels=parse_metadata(metadata),
@@ -244,7 +260,7 @@ def main(server: str, token: str | None, token_file: str | None, ca: str | None,
         asyncio.run(run_agent(server=server, token=token, ca=ca, config=config, docker=docker,
                               known_hosts=known_hosts, ssh_key=ssh_key, scrubber=scrubber,
                               metrics_listen=metrics_where, metrics_required=bool(metrics_listen.strip()),
-                              token_file=token_file))
+                              token_file=token_file, discovery=discovery))
     except KeyboardInterrupt:
         pass
     except Exception as err:  # a clear one-line reason, the traceback in the debug log

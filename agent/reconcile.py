@@ -76,6 +76,8 @@ class DesiredInstance:
     health: Mapping[str, Any] | None = None
     binds: tuple[Bind, ...] = ()
     network: str = ""
+    dns: tuple[str, ...] = ()  # resolvers and search domains (agent/discovery: the cluster's names)
+    dns_search: tuple[str, ...] = ()
     # security (README "Container defaults", "Secrets"); the secret values are fetched at create time
     secret_env: tuple[SecretRef, ...] = ()
     user: str = ""

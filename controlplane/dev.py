@@ -230,7 +230,9 @@ def _layout(options: UpOptions, state_dir: Path, *, etcd_bin: str, admin_token: 
         py, "-m", "agent.main", "--server", server, "--token-file", str(state_dir / f"token-{machine}"),
         "--machine", machine, "--address", address, "--agent-port", str(agent_port), "--cluster", options.cluster,
         "--state-dir", str(state_dir / "agents"), "--proxy-image", options.proxy_image, *trust,
-    ], str(logs / f"agent-{machine}.log")) for machine, address in zip(machines, addresses, strict=True)]
+        "--service-cidr", f"10.235.{number}.0/24",  # agents sharing one kernel: a network each (docs/discovery.md)
+    ], str(logs / f"agent-{machine}.log"))
+        for number, (machine, address) in enumerate(zip(machines, addresses, strict=True), start=1)]
     return DevState(state_dir=state_dir, cluster=options.cluster, server=server, admin_token=admin_token,
                     etcd_url=etcd_url, machines=machines, procs=[etcd, api, *agents],
                     ca=str(tls.ca_cert) if tls else "")

@@ -91,6 +91,8 @@ class ContainerSpec:
     memory_mb: int | None = None
     init: bool = True
     network: str = ""  # "" = the engine's default bridge; "host" for proxies on a loopback dev cluster
+    dns: tuple[str, ...] = ()  # resolvers ("" = the engine's: the host's); agent/discovery sets its own
+    dns_search: tuple[str, ...] = ()
     user: str = ""  # Docker's User: "uid[:gid]" or a name; "" = the image's
     pids_limit: int | None = DEFAULT_PIDS_LIMIT
     no_new_privileges: bool = True

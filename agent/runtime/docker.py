@@ -100,6 +100,10 @@ def create_config(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.network:
         host_config["NetworkMode"] = spec.network
+    if spec.dns:
+        host_config["Dns"] = list(spec.dns)
+    if spec.dns_search:
+        host_config["DnsSearch"] = list(spec.dns_search)
     host_config.update(security_host_config(spec))
     if spec.cpu:
         host_config["NanoCpus"] = int(spec.cpu * 1e9)

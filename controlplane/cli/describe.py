@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from controlplane.discovery import cluster_domain, service_lines
+
 from .common import KINDS, call
 from .config import connection_options
 from .get import kind_argument
@@ -62,6 +64,7 @@ def _event_rows(events: list[dict[str, Any]], now: dt.datetime) -> str:
 def describe_text(
     resource: str, obj: dict[str, Any], *, instances: list[dict[str, Any]] | None = None,
     events: list[dict[str, Any]] | None = None, now: dt.datetime | None = None,
+    service: list[str] | None = None,
 ) -> str:
     """Pure: the describe page of ``obj`` (``instances``: a unit's or a machine's)."""
     now = now or dt.datetime.now(dt.UTC)
@@ -100,6 +103,8 @@ def describe_text(
     if "status" in obj:
         lines.append("Status:")
         lines.append(_indent(dump_yaml(obj.get("status") or {})) if obj.get("status") else "  <none>")
+    if service is not None:  # a unit's stable name and where it leads (controlplane/discovery.py)
+        lines += ["Service:", *service]
     if instances is not None:
         lines.append("Instances:")
         lines.append(_indent(_instance_rows(instances)) if instances else "  <none>")
@@ -131,6 +136,10 @@ def describe_command(kind: str, name: str) -> None:
             )
         if instances is not None:
             instances.sort(key=lambda i: int((i.get("spec") or {}).get("index") or 0))
-        return describe_text(resource, obj, instances=instances, events=events)
+        service = None
+        if resource == "units":
+            endpoints = next(iter(api.list_all("endpoints", field_selector=f"metadata.name={name}")[0]), None)
+            service = service_lines(obj, endpoints, domain=cluster_domain())
+        return describe_text(resource, obj, instances=instances, events=events, service=service)
 
     echo(call(go))
