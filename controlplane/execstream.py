@@ -27,6 +27,13 @@ MAX_FRAME = 1024 * 1024
 MAX_ARGS = 256
 MAX_ARG_CHARS = 16 * 1024
 MAX_COMMAND_CHARS = 64 * 1024
+# the OpenAPI document's words for the frames and for what parse_exec_request accepts
+EXEC_FRAMES = ('frames of 1 byte stream (1 stdout, 2 stderr, 3 exit), 4 bytes big-endian length, the bytes; the last '
+               '(3) is JSON {"exitCode": N} or {"error": "..."}. No stdin, no TTY (controlplane/execstream.py)')
+_EXEC_ARG = {"type": "string", "maxLength": MAX_ARG_CHARS, "pattern": "^[^\\u0000]*$"}
+EXEC_COMMAND = {"type": "array", "minItems": 1, "maxItems": MAX_ARGS, "items": _EXEC_ARG,
+                "prefixItems": [{**_EXEC_ARG, "minLength": 1}],
+                "description": f"the program and its arguments; at most {MAX_COMMAND_CHARS} characters in all"}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from controlplane.api.logproxy import (
     upstream_error,
 )
 from controlplane.api.state import REGISTRY, user_of
-from controlplane.errors import BadRequest, ServiceUnavailable
+from controlplane.errors import NotFound, ServiceUnavailable
 from controlplane.execstream import (
     EXEC_CONTENT_TYPE,
     EXIT,
@@ -91,7 +91,7 @@ async def instance_exec(request: web.Request) -> web.StreamResponse:
     wanted = parse_exec_request(await read_json(request))
     unit = str(request.app[REGISTRY].get("instances", name)["spec"].get("unit") or "")
     if wanted.container and wanted.container != unit:
-        raise BadRequest(f'instance "{name}" has one container, "{unit}"; not "{wanted.container}"')
+        raise NotFound(f'instance "{name}" has no container "{wanted.container}": its one container is "{unit}"')
     machine, url = agent_target(request, name, action="exec")
     key = await request.app[LOG_SIGNING].signing_key()
     ticket = issue_exec(key, machine=machine, instance=name, command_digest=command_digest(wanted.command),

@@ -36,7 +36,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controlplane.addresses import agent_url
 from controlplane.api.auth import authorize
 from controlplane.api.state import REGISTRY, user_of
-from controlplane.errors import AlreadyExists, BadGateway, BadRequest, InternalError, ServiceUnavailable
+from controlplane.errors import (
+    AlreadyExists,
+    BadGateway,
+    Conflict,
+    InternalError,
+    ServiceUnavailable,
+)
 from controlplane.logticket import (
     TICKET_SCHEME,
     LogParams,
@@ -160,7 +166,7 @@ def agent_target(request: web.Request, name: str, *, action: str = "logs") -> tu
     instance = registry.get("instances", name)
     machine_name = str(instance["spec"].get("machine") or "")
     if not machine_name:
-        raise BadRequest(f'instance "{name}" is not bound to a machine yet')
+        raise Conflict(f'instance "{name}" is not bound to a machine yet')  # valid, but not now: 409
     status: dict[str, Any] = registry.get("machines", machine_name).get("status") or {}
     try:
         return machine_name, agent_url(str(status.get("address") or ""), status.get("agentPort") or 0,

@@ -15,6 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from controlplane import __version__
 from controlplane.api.objects import FIELD_SELECTOR_PATTERN, LABEL_SELECTOR_PATTERN
+from controlplane.execstream import EXEC_COMMAND, EXEC_FRAMES
 from controlplane.model import (
     HAS_STATUS,
     MAX_OBJECT_BYTES,
@@ -49,7 +50,7 @@ ERRORS = {
     "403": "Forbidden: the token's role does not allow this",
     "404": "NotFound",
     "405": "MethodNotAllowed (the Allow header names the methods served)",
-    "409": "AlreadyExists or Conflict (stale resourceVersion)",
+    "409": "AlreadyExists or Conflict (stale resourceVersion; logs and exec: the instance is not bound yet)",
     "413": "RequestEntityTooLarge: the body is over 256 KiB",
     "415": "UnsupportedMediaType",
     "422": "Invalid: one cause per bad field in details.causes (also: an integer out of range, an object over "
@@ -62,10 +63,6 @@ ERRORS = {
 
 
 JSON_VALUE = "#/components/schemas/JsonValue"
-EXEC_FRAMES = ('frames of 1 byte stream (1 stdout, 2 stderr, 3 exit), 4 bytes big-endian length, the bytes; the last '
-               '(3) is JSON {"exitCode": N} or {"error": "..."}. No stdin, no TTY (controlplane/execstream.py)')
-
-
 def _error_responses(*codes: str) -> dict[str, Any]:
     return {
         code: {"description": ERRORS[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}
@@ -242,18 +239,18 @@ def _subresource_paths(spec: APISpec) -> None:
                        {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
         "get": {"operationId": "readInstanceLog", "summary": "The instance's container output, from its agent",
                 "responses": {"200": {"description": "plain text", "content": {"text/plain": {"schema": {
-                    "type": "string"}}}}, **_error_responses("400", "401", "403", "404", "502", "503")}},
+                    "type": "string"}}}}, **_error_responses("400", "401", "403", "404", "409", "502", "503")}},
     })
     _path(spec, path="/api/v1/instances/{name}/exec", operations={
         "parameters": [NAME_PARAM],
         "post": {"operationId": "execInstance", "summary": "Run a command in the instance's container (admins only)",
                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
                      "type": "object", "additionalProperties": False, "required": ["command"], "properties": {
-                         "command": {"type": "array", "minItems": 1, "maxItems": 256, "items": {"type": "string"}},
+                         "command": EXEC_COMMAND,
                          "container": {"type": "string", "maxLength": 63}}}}}},
                  "responses": {"200": {"description": EXEC_FRAMES, "content": {
                      "application/vnd.controlplane.exec.v1": {"schema": {"type": "string", "format": "binary"}}}},
-                     **_error_responses("400", "401", "403", "404", "413", "415", "502", "503")}},
+                     **_error_responses("400", "401", "403", "404", "409", "413", "415", "502", "503")}},
     })
 
 

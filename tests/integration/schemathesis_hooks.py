@@ -6,7 +6,9 @@ The document states every rule it can in JSON Schema; a few it can only state in
 of a list to each other. A schema-valid request that breaks one of those is rightly refused, so
 ``positive_data_acceptance`` (ST202) would report the server for keeping its own rules. This hook
 drops exactly those ST202 failures, recognised by the rule the server's Status names; schemathesis
-counts them as "dropped by filter_failure" in its summary. Every other failure fails the run.
+counts them as "dropped by filter_failure" in its summary. It also drops an ST201 ("schema-violating
+request accepted") whose answer was 413: the request was refused, for its size. Every other failure
+fails the run.
 """
 
 from __future__ import annotations
@@ -60,14 +62,27 @@ def _has_negative_part(case: schemathesis.Case) -> bool:
     return any(getattr(getattr(info, "mode", None), "is_negative", False) for info in components.values())
 
 
+def _keep_dry_run_negative(query: dict[str, Any]) -> None:
+    """``dryRun=All`` goes; a value of the wrong type stays one the server refuses: ``["All"]`` would
+    be sent as ``dryRun=All`` (a dry run answering 201) and ``None`` or ``[]`` as no parameter at all
+    (a real write), both of which schemathesis would count as invalid data accepted."""
+    value = query["dryRun"]
+    if value == "All":
+        query.pop("dryRun")
+    elif value is None or value == []:
+        query["dryRun"] = ""
+    elif isinstance(value, list) and all(item == "All" for item in value):
+        query["dryRun"] = ["All", "All"]  # given twice: refused
+
+
 @schemathesis.hook
 def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwargs: dict[str, Any]) -> None:
     """A positive PUT names, in its body, the object of its URL, so it tests more than that rule
     (here, not in map_case: the coverage phase varies the path after mapping). ``dryRun=All`` is
     taken out of every write: a dry run answers as if done and stores nothing, which the stateful
     checks (a created object can be read, a deleted one cannot) would take for a broken server."""
-    if isinstance(case.query, dict) and case.query.get("dryRun") == "All":
-        case.query.pop("dryRun")
+    if isinstance(case.query, dict) and "dryRun" in case.query:
+        _keep_dry_run_negative(case.query)
     body, name = case.body, (case.path_parameters or {}).get("name")
     mode = getattr(getattr(getattr(case, "meta", None), "generation", None), "mode", None)
     if (case.method.upper() == "PUT" and isinstance(body, dict) and isinstance(body.get("metadata"), dict)
@@ -78,7 +93,12 @@ def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwar
 @schemathesis.hook
 def filter_failure(context: schemathesis.HookContext, failure: Any, case: schemathesis.Case,
                    response: schemathesis.Response) -> bool:
-    if getattr(failure, "code", "") != "ST202":
+    code = getattr(failure, "code", "")
+    if code == "ST201":
+        # schema-violating data refused with 413 is refused: a negative body (an exec command of
+        # long arguments) can outgrow the 256 KiB every request is held to before it is parsed
+        return response.status_code != 413
+    if code != "ST202":
         return True
     if _has_negative_part(case):
         return False
