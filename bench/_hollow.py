@@ -53,12 +53,14 @@ class Tally:
     def __init__(self) -> None:
         self.latencies: list[float] = []
         self.failures = 0
+        self.fences = 0  # times a machine fenced itself (none is expected while the API serves)
         self.last_ack: dict[str, float] = {}  # machine -> time.time() of its last acknowledged beat
 
     def take(self) -> dict[str, Any]:
         latencies, self.latencies = self.latencies, []
         failures, self.failures = self.failures, 0
-        return {"latencies": latencies, "failures": failures}
+        fences, self.fences = self.fences, 0
+        return {"latencies": latencies, "failures": failures, "fences": fences}
 
 
 class TimedClient(Client):
@@ -80,12 +82,26 @@ class TimedClient(Client):
         return reply
 
 
+class HollowAgent(Agent):
+    """The real agent, counting the times it fences itself."""
+
+    tally: Tally
+
+    def fence_if_silent(self) -> None:
+        was = self.fenced
+        super().fence_if_silent()
+        if self.fenced and not was:
+            self.tally.fences += 1
+
+
 def hollow_agent(server: str, index: int, tally: Tally, *, start_delay: float) -> Agent:
     name = machine_name(index)
     client = TimedClient(server, token=f"node-{name}-token", tally=tally)
     runtime = FakeRuntime(images={IMAGE}, start_delay=start_delay)
     config = AgentConfig(machine=name, address=machine_address(index), cpu=64, memory_mb=262144)
-    return Agent(client, runtime, config)
+    agent = HollowAgent(client, runtime, config)
+    agent.tally = tally
+    return agent
 
 
 def emit(event: dict[str, Any]) -> None:

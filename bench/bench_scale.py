@@ -96,7 +96,7 @@ class Hollows:
     async def report(self) -> dict[str, Any]:
         parts = await asyncio.gather(*(self.command(p, "report", "report") for _, _, p in self.procs))
         return {"latencies": [x for p in parts for x in p["latencies"]],
-                "failures": sum(p["failures"] for p in parts),
+                "failures": sum(p["failures"] for p in parts), "fences": sum(p["fences"] for p in parts),
                 "fenced": [m for p in parts for m in p["fenced"]], "crashed": [m for p in parts for m in p["crashed"]]}
 
     def stop(self) -> None:
@@ -179,7 +179,10 @@ async def steady(args: argparse.Namespace, api: ApiServer, hollows: Hollows, *,
     server = ProcSampler(api.proc.pid if api.proc else 0)
     hollow = [ProcSampler(pid) for pid in hollows.pids()]
     probe = ApiProbe(api.url, ADMIN)
+    spy = profile(args, server.pid)
     loads = await asyncio.to_thread(probe.run, args.steady)
+    if spy is not None:
+        spy.wait()
     seconds = server.elapsed()
     cpu = server.cpu_seconds()
     beats = await hollows.report()
@@ -188,6 +191,7 @@ async def steady(args: argparse.Namespace, api: ApiServer, hollows: Hollows, *,
     rss = server.rss_mb()
     return {
         "heartbeat": latency_summary(beats["latencies"]), "heartbeatFailures": beats["failures"],
+        "fences": beats["fences"],
         "heartbeatsPerSecond": len(beats["latencies"]) / seconds,
         "serverCpuPercent": 100 * cpu / seconds, "serverCpuPercentPer1000": 100 * net_cpu / seconds / per_k,
         "serverRssMB": rss, "serverRssMBPer1000": (rss - idle["serverRssMB"]) / per_k,
@@ -195,6 +199,15 @@ async def steady(args: argparse.Namespace, api: ApiServer, hollows: Hollows, *,
         "hollowCpuPercent": sum(100 * h.cpu_seconds() / seconds for h in hollow),
         "get": latency_summary(loads["get"]), "list": latency_summary(loads["list"]),
     }
+
+
+def profile(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
+    """py-spy on the API server for the steady window, with ``--profile FILE`` (raw folded stacks)."""
+    if not args.profile:
+        return None
+    spy = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(args.steady)), "-f", "raw",
+                             "-o", str(args.profile), "-r", "50"], stdout=subprocess.DEVNULL)
 
 
 async def schedule(args: argparse.Namespace, client: Client, watcher: Watcher) -> float:
@@ -248,6 +261,7 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
             end = await hollows.report()
             result["falseNotReady"] = sorted(watcher.not_ready)
             result["fenced"] = end["fenced"]
+            result["fences"] = result["steady"]["fences"] + end["fences"]
             result["crashedAgents"] = end["crashed"]
             result["heartbeatFailuresAfterSteady"] = end["failures"]
         finally:
@@ -290,6 +304,7 @@ def main() -> None:
     parser.add_argument("--start-delay", type=float, default=0.5)
     parser.add_argument("--ramp", type=float, default=0.0, help="seconds over which the agents start (default N/100)")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--profile", type=Path, help="py-spy the API server in the steady window (folded stacks)")
     parser.add_argument("--json", type=Path, help="merge the result into this file, under the machine count")
     args = parser.parse_args()
     args.instances = args.instances or 2 * args.machines
@@ -301,7 +316,8 @@ def main() -> None:
         with api:
             result = asyncio.run(run(args, etcd, api))
     print(f"false NotReady: {len(result['falseNotReady'])} {result['falseNotReady'][:10]};"
-          f" fenced agents: {len(result['fenced'])}; crashed agents: {len(result['crashedAgents'])}")
+          f" fences: {result['fences']} (still fenced at the end: {len(result['fenced'])});"
+          f" crashed agents: {len(result['crashedAgents'])}")
     result["commit"] = os.environ.get("BENCH_COMMIT", "")
     if args.json:
         save(args.json, result)
