@@ -14,7 +14,9 @@ prints the heartbeat latencies and counts seen so far (and starts afresh), ``qui
 
 One change to the real agent: its fencing check runs every ``--fence-check`` seconds (0.5 s)
 instead of 0.1 s, so 1,000 agents do not wake 10,000 times a second for it (a fence can come
-up to 0.4 s later; the check is the same code).
+up to 0.4 s later; the check is the same code). And the process tunes its garbage collector as
+cp-apiserver does (api/server.py, ``tune_gc``): with the defaults, 1,000 agents in one process
+stopped its event loop for 100s of ms every few seconds, which showed as heartbeat latency.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import sys
@@ -55,12 +58,21 @@ class Tally:
         self.failures = 0
         self.fences = 0  # times a machine fenced itself (none is expected while the API serves)
         self.last_ack: dict[str, float] = {}  # machine -> time.time() of its last acknowledged beat
+        self.lags: list[float] = []  # how late this process's event loop woke a 50 ms sleep
 
     def take(self) -> dict[str, Any]:
         latencies, self.latencies = self.latencies, []
         failures, self.failures = self.failures, 0
         fences, self.fences = self.fences, 0
-        return {"latencies": latencies, "failures": failures, "fences": fences}
+        lags, self.lags = self.lags, []
+        return {"latencies": latencies, "failures": failures, "fences": fences, "loopLags": lags}
+
+    async def watch_loop_lag(self) -> None:
+        """A heartbeat's latency includes this process's own delays: measure them."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.05)
+            self.lags.append(time.perf_counter() - started - 0.05)
 
 
 class TimedClient(Client):
@@ -135,15 +147,20 @@ async def run(args: argparse.Namespace) -> None:
     agents: dict[str, Agent] = {}
     tasks: dict[str, asyncio.Task[None]] = {}
     pause = args.ramp / max(args.count, 1)
+    lag = asyncio.create_task(tally.watch_loop_lag())
     for index in range(args.first, args.first + args.count):
         agent = hollow_agent(args.server, index, tally, start_delay=args.start_delay)
         agents[agent.config.machine] = agent
         tasks[agent.config.machine] = asyncio.create_task(agent.run(), name=agent.config.machine)
         await asyncio.sleep(pause)
+    gc.collect()
+    gc.freeze()  # the agents' long-lived state out of the collector's way, as cp-apiserver does
+    gc.set_threshold(10_000, 20, 50)
     emit({"event": "started", "machines": len(agents)})
     try:
         await commands(agents, tasks, tally)
     finally:
+        lag.cancel()
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -97,6 +97,7 @@ class Hollows:
         parts = await asyncio.gather(*(self.command(p, "report", "report") for _, _, p in self.procs))
         return {"latencies": [x for p in parts for x in p["latencies"]],
                 "failures": sum(p["failures"] for p in parts), "fences": sum(p["fences"] for p in parts),
+                "loopLags": [x for p in parts for x in p["loopLags"]],
                 "fenced": [m for p in parts for m in p["fenced"]], "crashed": [m for p in parts for m in p["crashed"]]}
 
     def stop(self) -> None:
@@ -191,7 +192,7 @@ async def steady(args: argparse.Namespace, api: ApiServer, hollows: Hollows, *,
     rss = server.rss_mb()
     return {
         "heartbeat": latency_summary(beats["latencies"]), "heartbeatFailures": beats["failures"],
-        "fences": beats["fences"],
+        "fences": beats["fences"], "hollowLoopLag": latency_summary(beats["loopLags"]),
         "heartbeatsPerSecond": len(beats["latencies"]) / seconds,
         "serverCpuPercent": 100 * cpu / seconds, "serverCpuPercentPer1000": 100 * net_cpu / seconds / per_k,
         "serverRssMB": rss, "serverRssMBPer1000": (rss - idle["serverRssMB"]) / per_k,
@@ -263,7 +264,11 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
             result["fenced"] = end["fenced"]
             result["fences"] = result["steady"]["fences"] + end["fences"]
             result["crashedAgents"] = end["crashed"]
+            result["heartbeatAfterSteady"] = latency_summary(end["latencies"])
             result["heartbeatFailuresAfterSteady"] = end["failures"]
+            after = result["heartbeatAfterSteady"]
+            print(f"heartbeats during schedule+failover: p50 {1000 * after['p50']:.1f} ms, p99 {1000 * after['p99']:.1f}"
+                  f" ms, max {1000 * after['max']:.0f} ms, {end['failures']} failed")
         finally:
             await watcher.close()
             hollows.stop()
@@ -276,7 +281,8 @@ def print_steady(result: dict[str, Any]) -> None:
     print(f"machines {result['machines']} ({result['hollowProcesses']} hollow processes), "
           f"bring-up {result['bringUpSeconds']:.1f} s")
     print(f"heartbeats {s['heartbeatsPerSecond']:.0f}/s: p50 {1000 * hb['p50']:.1f} ms, p99 {1000 * hb['p99']:.1f} ms,"
-          f" max {1000 * hb['max']:.1f} ms, {s['heartbeatFailures']} failed")
+          f" max {1000 * hb['max']:.1f} ms, {s['heartbeatFailures']} failed; the hollow processes' own event loop"
+          f" lag p99 {1000 * s['hollowLoopLag']['p99']:.1f} ms")
     print(f"API server: CPU {s['serverCpuPercent']:.0f} % (idle baseline {idle['serverCpuPercent']:.0f} %;"
           f" {s['serverCpuPercentPer1000']:.0f} % per 1,000 machines over it),"
           f" {s['serverCpuMsPerHeartbeat']:.3f} ms CPU per heartbeat, RSS {s['serverRssMB']:.0f} MB"
