@@ -211,7 +211,7 @@ def profile(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | Non
                              "-o", str(args.profile), "-r", "50"], stdout=subprocess.DEVNULL)
 
 
-async def schedule(args: argparse.Namespace, client: Client, watcher: Watcher) -> float:
+async def schedule(args: argparse.Namespace, client: Client, watcher: Watcher) -> float | None:
     units = math.ceil(args.instances / args.replicas)
     started = time.time()
     for u in range(units):
@@ -219,7 +219,12 @@ async def schedule(args: argparse.Namespace, client: Client, watcher: Watcher) -
         await client.create("units", {"apiVersion": "v1", "kind": "Unit", "metadata": {"name": f"s{u}"},
                                       "spec": {"image": IMAGE, "replicas": replicas,
                                                "health": {"exec": {"command": ["true"]}, "periodSeconds": 5}}})
-    done = await watcher.until(lambda: watcher.settled(args.instances), timeout=args.timeout)
+    try:
+        done = await watcher.until(lambda: watcher.settled(args.instances), timeout=args.timeout)
+    except TimeoutError:
+        running = sum(1 for i in watcher.instances.values() if (i.get("status") or {}).get("ready"))
+        print(f"schedule: NOT settled within {args.timeout:g} s ({running} of {args.instances} ready)")
+        return None
     return done - started
 
 
@@ -254,11 +259,14 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
             watcher.armed = True
             result["steady"] = await steady(args, api, hollows, idle=result["idle"])
             print_steady(result)
+            if args.json:
+                save(args.json, result)  # the steady figures, kept even if a later phase never ends
             result["scheduleSeconds"] = await schedule(args, client, watcher)
-            print(f"schedule: {args.instances} instances bound and Running+ready in {result['scheduleSeconds']:.2f} s")
-            result["failover"] = await kill_one(args, hollows, watcher)
-            print(f"failover of {result['failover']['machine']} ({result['failover']['instancesMoved']} instances):"
-                  f" {result['failover']['failoverSeconds']:.2f} s after its last heartbeat (TTL {args.ttl} s)")
+            if result["scheduleSeconds"] is not None:
+                print(f"schedule: {args.instances} instances bound and Running+ready in {result['scheduleSeconds']:.2f} s")
+                result["failover"] = failover = await kill_one(args, hollows, watcher)
+                print(f"failover of {failover['machine']} ({failover['instancesMoved']} instances):"
+                      f" {failover['failoverSeconds']:.2f} s after its last heartbeat (TTL {args.ttl} s)")
             end = await hollows.report()
             result["falseNotReady"] = sorted(watcher.not_ready)
             result["fenced"] = end["fenced"]
@@ -266,6 +274,8 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
             result["crashedAgents"] = end["crashed"]
             result["heartbeatAfterSteady"] = latency_summary(end["latencies"])
             result["heartbeatFailuresAfterSteady"] = end["failures"]
+            if args.json:
+                save(args.json, result)
             after = result["heartbeatAfterSteady"]
             print(f"heartbeats during schedule+failover: p50 {1000 * after['p50']:.1f} ms, p99 {1000 * after['p99']:.1f}"
                   f" ms, max {1000 * after['max']:.0f} ms, {end['failures']} failed")
