@@ -254,7 +254,7 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
         try:
             began = time.time()
             await hollows.started()
-            await watcher.until(lambda: watcher.ready_machines() == args.machines, timeout=args.timeout)
+            await watcher.until(lambda: watcher.ready_machines() == args.machines, timeout=args.bring_up_timeout)
             result["bringUpSeconds"] = time.time() - began
             watcher.armed = True
             result["steady"] = await steady(args, api, hollows, idle=result["idle"])
@@ -319,7 +319,8 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=1000, help="hollow machines per process")
     parser.add_argument("--start-delay", type=float, default=0.5)
     parser.add_argument("--ramp", type=float, default=0.0, help="seconds over which the agents start (default N/100)")
-    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds the schedule may take")
+    parser.add_argument("--bring-up-timeout", type=float, default=180.0)
     parser.add_argument("--profile", type=Path, help="py-spy the API server in the steady window (folded stacks)")
     parser.add_argument("--json", type=Path, help="merge the result into this file, under the machine count")
     args = parser.parse_args()
