@@ -85,6 +85,17 @@ def field_value(obj: dict[str, Any], path: str) -> str:
     return str(value)
 
 
+def required_field_value(text: str | None, path: str) -> str | None:
+    """The value a field selector requires at ``path`` (a ``path=value`` term), None when it
+    requires none: an object matches only if its ``field_value`` there is that value. The watch
+    cache indexes watchers by it (watchcache.py)."""
+    for term in _split_terms(text or ""):
+        match = _EQ_RE.match(term)
+        if match and match.group(1) == path and match.group(2) != "!=":
+            return match.group(3)
+    return None
+
+
 def parse_field_selector(text: str | None) -> Matcher:
     """A matcher on dotted field paths; empty text matches everything."""
     if not text or not text.strip():

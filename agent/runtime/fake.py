@@ -3,7 +3,8 @@
 It behaves like the engine where the agent can tell the difference: names are unique, host port 0
 gets a fresh port, stopped containers keep their exit code, missing images fail to create, pulls
 fail for images not in `pullable`. Tests drive what containers do with `crash()` and `exit()`, and
-count calls through `calls`.
+count calls through `calls`. ``start_delay`` makes each start take that long (the container is
+``created`` meanwhile), as a real engine does; the hollow machines of bench/_hollow.py use it.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ class FakeRuntime:
         images: Iterable[str] = (),
         pullable: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
+        start_delay: float = 0.0,
     ) -> None:
         self.images: set[str] = set(images)
         self.pullable: set[str] = set(pullable)
         self.clock = clock
+        self.start_delay = start_delay
         self.containers: dict[str, Container] = {}
         self.specs: dict[str, ContainerSpec] = {}
         self.calls: list[tuple[str, str]] = []
@@ -108,6 +111,8 @@ class FakeRuntime:
         return await self._start(container_id)
 
     async def _start(self, container_id: str) -> Container:
+        if self.start_delay > 0:
+            await asyncio.sleep(self.start_delay)
         c = self._get(container_id)
         spec = self.specs[container_id]
         ports = tuple(

@@ -19,8 +19,8 @@ from controlplane.api.state import BOOKMARK_SECONDS as BOOKMARK_KEY
 from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
 from controlplane.model import API_VERSION, RESOURCES
-from controlplane.selectors import parse_field_selector, parse_label_selector
-from controlplane.watchcache import CacheEvent, Subscription, WatchCache
+from controlplane.selectors import parse_field_selector, parse_label_selector, required_field_value
+from controlplane.watchcache import INDEXED_FIELD, CacheEvent, Subscription, WatchCache
 
 BOOKMARK_SECONDS = 5.0
 
@@ -57,6 +57,7 @@ async def serve_watch(request: web.Request, resource: str, *,
     kind = RESOURCES[resource]
     by_label = parse_label_selector(request.query.get("labelSelector"))
     by_field = parse_field_selector(request.query.get("fieldSelector"))
+    indexed = required_field_value(request.query.get("fieldSelector"), INDEXED_FIELD)
 
     def matches(obj: dict[str, Any]) -> bool:
         return by_label(obj) and by_field(obj)
@@ -66,10 +67,10 @@ async def serve_watch(request: web.Request, resource: str, *,
 
     initial: list[bytes] = []
     if from_rv <= 0:
-        sub, _ = cache.subscribe(None, matches)
+        sub, _ = cache.subscribe(None, matches, indexed=indexed)
         initial = [_line("ADDED", present(obj) if present else obj) for obj in cache.items() if matches(obj)]
     else:
-        sub, replay = cache.subscribe(from_rv, matches)  # raises Gone before any byte is sent
+        sub, replay = cache.subscribe(from_rv, matches, indexed=indexed)  # raises Gone before any byte is sent
         initial = [_event_line(event, present) for event in replay]
 
     metrics = request.app[METRICS]

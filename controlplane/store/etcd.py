@@ -47,6 +47,7 @@ from controlplane.store.etcd_failover import (
     is_not_found,
     rpc_error,
 )
+from controlplane.store.keepalive import KeepaliveStreams
 
 
 class EtcdStore:
@@ -61,6 +62,7 @@ class EtcdStore:
         self.timeout = timeout
         self._root = (self.prefix + "/").encode()
         self._call = self._pool.call
+        self._keepalives = KeepaliveStreams()  # one LeaseKeepAlive stream per endpoint (store/keepalive.py)
 
     @classmethod
     async def open(
@@ -292,7 +294,7 @@ class EtcdStore:
     async def refresh_lease(self, lease_id: int) -> int:
         async def op(client: aetcd.Client, retrying: bool) -> int:
             try:
-                reply = await client.refresh_lease(lease_id)
+                reply = await self._keepalives.refresh(client, lease_id)
             except aetcd.ClientError as exc:
                 if is_not_found(exc):
                     raise NotFound(f"lease {lease_id:x} not found") from exc
@@ -360,6 +362,7 @@ class EtcdStore:
         return WatchEvent("PUT", self._kv(kv))
 
     async def close(self) -> None:
+        self._keepalives.close()
         await self._pool.close()
 
 

@@ -1,0 +1,140 @@
+"""Lease keepalives over one long-lived gRPC stream per etcd client, not one stream per refresh.
+
+aetcd's ``refresh_lease`` opens a ``LeaseKeepAlive`` stream, sends one request, reads one reply
+and drops the stream: at 2,000 machine heartbeats a second that is 2,000 stream set-ups and
+tear-downs a second in the API server (a third of a heartbeat's CPU, and the garbage that made
+Python's full collections run every second or two). ``KeepaliveStream`` keeps one stream open and
+sends every refresh on it; etcd answers a stream's requests in order, each reply naming its lease,
+so replies are matched to waiters first in, first out per lease id.
+
+A refresh that gets no answer within ``timeout`` raises aetcd's ``ConnectionTimeoutError`` and
+drops the stream; a stream that ends or fails fails every waiter with aetcd's error for it. Either
+way the next refresh opens a new stream, so the store's fail-over and re-login (etcd_failover.py)
+see the same errors as from aetcd's own call. A new channel or a new auth token (re-login) also
+opens a new stream. Nothing is retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import Any
+
+import aetcd
+import grpc
+from aetcd import exceptions as aetcd_exceptions
+from aetcd import rpc
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def aetcd_error(error: BaseException) -> BaseException:
+    """The aetcd exception aetcd's own calls raise for ``error`` (a gRPC error or anything else)."""
+    if isinstance(error, rpc.AioRpcError):
+        try:
+            aetcd_exceptions._handle_exception(error)
+        except Exception as translated:  # it always raises
+            return translated
+    return error
+
+
+class KeepaliveStream:
+    """One ``LeaseKeepAlive`` stream on one aetcd client, shared by every refresh made through it."""
+
+    def __init__(self, client: aetcd.Client) -> None:
+        self.client = client
+        self._call: Any = None
+        self._opened_for: tuple[Any, Any] = (None, None)  # (lease stub, auth metadata) of _call
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, collections.deque[asyncio.Future[Any]]] = {}
+        self._write_lock = asyncio.Lock()
+
+    def _stream(self) -> Any:
+        opened_for = (self.client.leasestub, self.client.metadata)
+        if self._call is None or opened_for != self._opened_for:
+            self._drop(aetcd_exceptions.ConnectionFailedError("the keepalive stream was reopened"))
+            self._call = self.client.leasestub.LeaseKeepAlive(metadata=self.client.metadata)
+            self._opened_for = opened_for
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._call), name="lease-keepalive")
+        return self._call
+
+    async def _read(self, call: Any) -> None:
+        try:
+            while True:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    raise aetcd_exceptions.ConnectionFailedError("etcd ended the keepalive stream")
+                waiters = self._pending.get(int(reply.ID))
+                if waiters:
+                    waiter = waiters.popleft()
+                    if not waiters:
+                        del self._pending[int(reply.ID)]
+                    if not waiter.done():
+                        waiter.set_result(reply)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # noqa: BLE001 -- every waiter hears it, as aetcd's error
+            if self._call is call:
+                self._drop(aetcd_error(error))
+
+    def _drop(self, error: BaseException) -> None:
+        """Forget the stream; fail whoever waits on it."""
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        pending, self._pending = self._pending, {}
+        for waiters in pending.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+
+    async def refresh(self, lease_id: int, *, timeout: float | None = None) -> Any:
+        """Keep ``lease_id`` alive once; etcd's reply (``TTL`` <= 0: the lease is gone)."""
+        await self.client.connect()
+        call = self._stream()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # stays queued if we stop waiting: its reply, when it comes, must not go to a later waiter
+        self._pending.setdefault(lease_id, collections.deque()).append(waiter)
+        try:
+            async with asyncio.timeout(timeout or getattr(self.client, "_timeout", None) or DEFAULT_TIMEOUT):
+                async with self._write_lock:
+                    await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            if self._call is call:
+                self._drop(aetcd_exceptions.ConnectionTimeoutError("no keepalive answer from etcd"))
+            raise aetcd_exceptions.ConnectionTimeoutError(f"no keepalive answer for lease {lease_id:x}") from None
+        except rpc.AioRpcError as error:
+            translated = aetcd_error(error)
+            if self._call is call:
+                self._drop(translated)
+            raise translated from error
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+    def close(self) -> None:
+        self._drop(aetcd_exceptions.ConnectionFailedError("the store is closed"))
+
+
+class KeepaliveStreams:
+    """A ``KeepaliveStream`` per aetcd client (one per etcd endpoint), made on first use."""
+
+    def __init__(self) -> None:
+        self._streams: dict[int, KeepaliveStream] = {}
+
+    async def refresh(self, client: aetcd.Client, lease_id: int) -> Any:
+        stream = self._streams.get(id(client))
+        if stream is None or stream.client is not client:
+            stream = self._streams[id(client)] = KeepaliveStream(client)
+        return await stream.refresh(lease_id)
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            with contextlib.suppress(Exception):
+                stream.close()
+        self._streams.clear()
