@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from controlplane import jsoncodec
 from controlplane.errors import (
     AlreadyExists,
     BadRequest,
@@ -50,7 +51,7 @@ def encode(obj: dict[str, Any]) -> bytes:
     when over MAX_OBJECT_BYTES, so no write, however it was built, sends etcd a larger value."""
     meta = dict(obj.get("metadata") or {})
     meta.pop("resourceVersion", None)
-    data = json.dumps({**obj, "metadata": meta}, separators=(",", ":"), sort_keys=True).encode()
+    data = jsoncodec.dumps({**obj, "metadata": meta}, sort_keys=True)
     if len(data) > MAX_OBJECT_BYTES:
         kind, name = str(obj.get("kind") or "object"), str(meta.get("name") or "")
         message = f"the object is {len(data)} bytes as stored, over the limit of {MAX_OBJECT_BYTES} bytes (256 KiB)"
