@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -25,7 +23,7 @@ from urllib.parse import urlsplit
 
 import aetcd
 import aiohttp
-from _env import HEADERS, ApiServer, EtcdServer, unit_body
+from _env import HEADERS, SERVER, ApiServer, CpuMeter, EtcdServer, unit_body
 
 from controlplane.registry import encode
 
@@ -59,46 +57,6 @@ async def raw_etcd(etcd_url: str, value: bytes, count: int, concurrency: int) ->
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return count / (time.perf_counter() - started)
-
-
-SERVER = "API server"
-
-
-def cpu_seconds(pid: int, *, children: bool = False) -> float:
-    """User + system CPU of ``pid`` (and of its live children: the API server's workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    if children:
-        with contextlib.suppress(OSError):
-            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    total = 0.0
-    for one in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
-class CpuMeter:
-    """CPU seconds spent by the API server, etcd and this process between start() and stop()."""
-
-    def __init__(self, **pids: int) -> None:
-        self.pids = {"this client": os.getpid(), **pids}
-        self.before: dict[str, float] = {}
-        self.spent: dict[str, float] = {}
-        self.started = 0.0
-
-    def start(self) -> None:
-        self.before = {name: cpu_seconds(pid, children=name == SERVER) for name, pid in self.pids.items()}
-        self.started = time.perf_counter()
-
-    def stop(self) -> None:
-        self.spent = {name: cpu_seconds(pid, children=name == SERVER) - self.before[name]
-                      for name, pid in self.pids.items()}
-        self.spent["wall clock"] = time.perf_counter() - self.started
-
-    def per_thousand(self, count: int) -> str:
-        return ", ".join(f"{name} {1000 * spent / count:.2f} s" for name, spent in self.spent.items())
 
 
 async def profiled(api: ApiServer, profile: str | None, call: Awaitable[float]) -> float:
