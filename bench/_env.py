@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +38,43 @@ def unit_body(name: str) -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "Unit", "metadata": {"name": name, "labels": {"app": "bench"}},
             "spec": {"image": "local/web:1", "replicas": 2, "ports": [{"containerPort": 8080}],
                      "health": {"http": {"path": "/", "port": 8080}}}}
+
+
+SERVER = "API server"
+
+
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU of ``pid`` (and of its live children: the API server's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    if children:
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    total = 0.0
+    for one in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent by the API server, etcd and this process between start() and stop()."""
+
+    def __init__(self, **pids: int) -> None:
+        self.pids = {"this client": os.getpid(), **pids}
+        self.before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.before = {name: cpu_seconds(pid, children=name == SERVER) for name, pid in self.pids.items()}
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.spent = {name: cpu_seconds(pid, children=name == SERVER) - self.before[name]
+                      for name, pid in self.pids.items()}
+        self.spent["wall clock"] = time.perf_counter() - self.started
+
+    def per_thousand(self, count: int) -> str:
+        return ", ".join(f"{name} {1000 * spent / count:.2f} s" for name, spent in self.spent.items())

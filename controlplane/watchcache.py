@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from controlplane import jsoncodec
 from controlplane.errors import Gone, ServiceUnavailable
 from controlplane.selectors import field_value
 from controlplane.store.base import KV, Store
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def decode(kv: KV) -> dict[str, Any]:
     """Decode a stored object and stamp its resourceVersion (etcd's mod revision)."""
-    obj: dict[str, Any] = json.loads(kv.value)
+    obj: dict[str, Any] = jsoncodec.loads(kv.value)
     obj.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
     return obj
 
@@ -67,7 +67,7 @@ class CacheEvent:
     def line(self) -> bytes:
         """The NDJSON line for this event, encoded once and shared by every watcher."""
         if self._line is None:
-            self._line = json.dumps({"type": self.type, "object": self.object}, separators=(",", ":")).encode() + b"\n"
+            self._line = jsoncodec.dumps({"type": self.type, "object": self.object}) + b"\n"
         return self._line
 
 
@@ -288,7 +288,7 @@ class WatchCache:
             obj = self.objects.get(name)
             if obj is None:
                 return None
-            data = self._encoded[name] = json.dumps(obj, separators=(",", ":")).encode()
+            data = self._encoded[name] = jsoncodec.dumps(obj)
         return data
 
     def items(self) -> list[dict[str, Any]]:

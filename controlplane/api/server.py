@@ -3,6 +3,8 @@
 Every API server serves the REST API; the one that wins the etcd leader lease also runs
 the scheduler and controllers (controlplane.controllers.manager, started by api/leadership.py).
 
+``--workers N`` runs N such servers on one port (api/workers.py); the parent only keeps them.
+
 SIGTERM (or SIGINT) ends the process within about a second, whether etcd answers or not: aiohttp
 gives requests in flight ``SHUTDOWN_GRACE`` seconds to finish and as long again once cancelled,
 the leader's lease revoke is bounded by its LeaseKeeper, and closing the store by
@@ -17,8 +19,9 @@ import logging
 import os
 import ssl
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from aiohttp import web
@@ -38,6 +41,23 @@ log = logging.getLogger("cp-apiserver")
 SHUTDOWN_GRACE = 0.25
 STORE_CLOSE_TIMEOUT = 0.5
 DEFAULT_WHEELHOUSE = str(Path(__file__).resolve().parents[2] / "build" / "wheelhouse")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (C, libuv) when it is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main)
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -63,6 +83,7 @@ async def serve(
     metrics_anonymous: bool = False,
     etcd_access: EtcdAccess | None = None,
     wheelhouse: str | None = None,
+    reuse_port: bool = False,
 ) -> None:
     from controlplane.store import open_store
 
@@ -89,10 +110,10 @@ async def serve(
         ssl_context.load_cert_chain(tls_cert, tls_key)
     runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     tune_gc()
-    log.info("cp-apiserver listening on %s (etcd %s, prefix %s)", listen, etcd, prefix)
+    log.info("cp-apiserver %d listening on %s (etcd %s, prefix %s)", os.getpid(), listen, etcd, prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -110,6 +131,13 @@ async def serve(
         log.info("cp-apiserver stopped")
 
 
+# The cyclic GC's default first threshold (700 allocations) runs a collection every few requests,
+# and each one that reaches the old generations walks the watch caches' objects (10,000 cached
+# instances are ~300,000 objects): a third of a bulk create went there (bench_create,
+# bench_scheduler_e2e), and at 1,000 heartbeats a second full collections stopped the loop for
+# 60-170 ms every second or two (bench_scale). The server's garbage is freed by reference
+# counting; cycles are rare, so collect far less often: set from the start (_run), and once
+# listening, what was loaded is frozen out of them (tune_gc).
 GC_THRESHOLDS = (10_000, 20, 50)
 
 
@@ -165,12 +193,16 @@ async def _close_store(store: Store) -> None:
 @click.option("--wheelhouse", type=click.Path(file_okay=False), default=DEFAULT_WHEELHOUSE, show_default=True,
               help="folder served at /dist/ without a token: this version's wheel, its dependencies, "
                    "image tarballs (what `cpctl machine join-config` installs from)")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="API server processes sharing --listen through SO_REUSEPORT, each a whole server (one of "
+                   "all of them leads); SIGTERM stops them all. See docs/deploy.md")
+@click.option("--worker-of", type=int, hidden=True, help="(internal) this process is a worker of that parent")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(
     etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
     insecure_no_auth: bool, machine_ttl: int, proxy_image: str, default_pids_limit: int, max_pids_limit: int,
     allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, metrics_anonymous: bool,
-    wheelhouse: str, log_level: str, **etcd_flags: str | None,
+    wheelhouse: str, workers: int, worker_of: int | None, log_level: str, **etcd_flags: str | None,
 ) -> None:
     """The controlplane API server (and, when elected, scheduler and controllers)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -181,7 +213,7 @@ def main(
         click.echo("cp-apiserver: --tls-cert and --tls-key go together", err=True)
         sys.exit(2)
     _split_listen(listen)
-    if not Path(wheelhouse).is_dir():
+    if not Path(wheelhouse).is_dir() and worker_of is None:
         log.warning("wheelhouse %s is not a folder: /dist/ serves nothing (make wheelhouse fills it)", wheelhouse)
     try:
         admission = AdmissionPolicy(
@@ -192,13 +224,23 @@ def main(
     except ValueError as err:
         click.echo(f"cp-apiserver: --default-pids-limit/--max-pids-limit: {err}", err=True)
         sys.exit(2)
+    if worker_of is not None:
+        from controlplane.api.workers import die_with_parent
+
+        die_with_parent(worker_of)
     try:
         etcd_access = EtcdAccess.from_flags(**etcd_flags)  # --etcd-cacert ... --etcd-password-file
-        asyncio.run(serve(
+        if workers > 1 and worker_of is None:
+            from controlplane.api.workers import supervise
+
+            if token_file:
+                TokenTable.from_file(token_file)  # a bad file is refused once, here, not by every worker
+            sys.exit(supervise(workers, sys.argv[1:]))
+        _run(serve(
             etcd=etcd, prefix=prefix, listen=listen, token_file=token_file, insecure_no_auth=insecure_no_auth,
             machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
             controllers=not no_controllers, admission=admission, metrics_anonymous=metrics_anonymous,
-            etcd_access=etcd_access, wheelhouse=wheelhouse,
+            etcd_access=etcd_access, wheelhouse=wheelhouse, reuse_port=worker_of is not None,
         ))
     except TokenFileError as err:  # a configuration error, like a bad flag
         click.echo(f"cp-apiserver: {err.message}", err=True)

@@ -9,12 +9,12 @@ window is 410 Gone before the stream starts, or an ERROR event with code 410 aft
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from controlplane import jsoncodec
 from controlplane.api.state import BOOKMARK_SECONDS as BOOKMARK_KEY
 from controlplane.api.state import METRICS, REGISTRY
 from controlplane.errors import BadRequest, Gone
@@ -26,7 +26,7 @@ BOOKMARK_SECONDS = 5.0
 
 
 def _line(event_type: str, obj: dict[str, Any]) -> bytes:
-    return json.dumps({"type": event_type, "object": obj}, separators=(",", ":")).encode() + b"\n"
+    return jsoncodec.dumps({"type": event_type, "object": obj}) + b"\n"
 
 
 def _bookmark(kind: str, revision: int) -> bytes:

@@ -183,15 +183,18 @@ class EtcdStore:
             return await self.revision()
 
         async def op(client: aetcd.Client, retrying: bool) -> int:
-            tx = client.transactions
-            ok, responses = await self._txn(
-                client,
-                compare=[tx.create(full) == 0 for full, _ in fulls],
-                success=[aetcd_put(full, value, 0) for full, value in fulls],
-                failure=[aetcd_get(full) for full, _ in fulls],
+            # built as protobufs directly: aetcd's per-op wrappers cost as much again in Python
+            # (the leader's bulk path); no failure ops, the rare refusal reads the keys after
+            request = rpc.TxnRequest(
+                compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=full, create_revision=0)
+                         for full, _ in fulls],
+                success=[rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value)) for full, value in fulls],
             )
-            if ok:
-                return int(responses[0].response_put.header.revision)
+            reply = await _txn_request(client, request)
+            if reply.succeeded:
+                return int(reply.header.revision)
+            _, responses = await self._txn(client, compare=[], success=[aetcd_get(full) for full, _ in fulls],
+                                           failure=[])
             found = [_first_kv([r]) for r in responses]
             # a retry after a failover finds our own earlier write: every key holds our value
             if retrying and all(kv is not None and kv.value == value for kv, (_, value) in zip(found, fulls, strict=True)):
@@ -364,6 +367,17 @@ class EtcdStore:
     async def close(self) -> None:
         self._keepalives.close()
         await self._pool.close()
+
+
+async def _txn_request(client: aetcd.Client, request: rpc.TxnRequest) -> Any:
+    """Send a prebuilt TxnRequest as ``aetcd.Client.transaction`` sends its own (connected first,
+    its timeout and metadata, gRPC errors mapped to aetcd's exceptions, which failover reads)."""
+    await client.connect()
+    try:
+        return await client.kvstub.Txn(request, timeout=client._timeout, metadata=client.metadata)
+    except rpc.AioRpcError as exc:
+        aetcd.exceptions._handle_exception(exc)  # raises the aetcd error for this gRPC status
+        raise
 
 
 def aetcd_put(key: bytes, value: bytes, lease: int) -> aetcd.transactions.Put:
