@@ -188,6 +188,7 @@ function showLogin(message) {
 
 function loggedOut(message) {
   state.abort?.abort();
+  said("");
   state.token = "";
   sessionStorage.removeItem(TOKEN_KEY);
   for (const r of RESOURCES) state.data[r] = new Map();
@@ -227,7 +228,8 @@ function render() {
     if (!byMachine.has(machine)) byMachine.set(machine, []);
     byMachine.get(machine).push(inst);
   }
-  replaceKeepingFocus($("machines"), sorted(state.data.machines).map((m) => machineCard(m, byMachine.get(nameOf(m)) || [])));
+  const machines = sorted(state.data.machines).map((m) => machineCard(m, byMachine.get(nameOf(m)) || []));
+  replaceKeepingFocus($("machines"), machines.length ? machines : [el("p", { class: "muted" }, "no machines registered")]);
   const pending = byMachine.get("") || [];
   replaceKeepingFocus($("unscheduled"), pending.length
     ? [el("article", { class: "card pending" }, el("h3", {}, "Not placed"), instanceList(pending, { showMachine: false }))] : []);
@@ -299,14 +301,30 @@ function instancesOf(unitName) {
   return sorted(state.data.instances).filter((i) => (i.spec || {}).unit === unitName);
 }
 
+function sameJson(a, b) {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || !a || !b || Array.isArray(a) !== Array.isArray(b)) return false;
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+  return [...keys].every((k) => sameJson(a[k], b[k]));
+}
+
+function upToDate(inst, unit) {
+  // of the unit's generation, or carrying its current template: a scale alone rolls nothing
+  // (the controller's rule: controlplane/controllers/cluster.py, model.template_of)
+  const spec = inst.spec || {};
+  if (Number(spec.generation || 0) >= Number((unit.metadata || {}).generation || 0)) return true;
+  const { replicas: _a, ...want } = unit.spec || {};
+  const { replicas: _b, ...have } = spec.template || {};
+  return sameJson(want, have);
+}
+
 function unitRow(unit) {
   const name = nameOf(unit);
   const spec = unit.spec || {};
   const instances = instancesOf(name);
   const desired = spec.global ? Number((unit.status || {}).replicas ?? instances.length) : Number(spec.replicas ?? 1);
   const ready = instances.filter((i) => (i.status || {}).ready).length;
-  const generation = (unit.metadata || {}).generation;
-  const updated = instances.filter((i) => (i.spec || {}).generation === generation && (i.status || {}).ready).length;
+  const updated = instances.filter((i) => upToDate(i, unit) && (i.status || {}).ready).length;
   const runs = spec.proxy ? `${spec.proxy.kind} proxy${spec.proxy.target ? ` → ${spec.proxy.target}` : ""}` : spec.image || "";
   const failing = ((unit.status || {}).conditions || []).filter((c) => c.status === "False");
   return el("tr", { "data-unit": name },
@@ -357,7 +375,7 @@ function eventItem(ev) {
   const time = eventTime(ev);
   return el("li", { class: ev.type === "Warning" ? "warning" : "" },
     el("time", { datetime: time }, time.slice(11, 19) || time),
-    el("span", { class: `badge ${ev.type === "Warning" ? "bad" : ""}` }, ev.reason || ""),
+    el("span", { class: `badge ${ev.type === "Warning" ? "bad" : ""}`, title: ev.reason || "" }, ev.reason || ""),
     el("span", { class: "about" }, `${about.kind || ""} ${about.name || ""}`),
     el("span", { class: "message" }, ev.message || ""),
     Number(ev.count || 1) > 1 ? el("span", { class: "muted" }, ` ×${ev.count}`) : null);
