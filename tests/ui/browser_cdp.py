@@ -165,7 +165,8 @@ class Chromium:
                 return last
             await asyncio.sleep(interval)
         seen = f"; the page shows: {str(await self.evaluate(diagnose))[-2000:]}" if diagnose else ""
-        raise AssertionError(f"timed out after {timeout}s waiting for {what or expression}; last: {last!r}{seen}")
+        problems = f"; the page reported: {self.problems[-5:]}" if self.problems else ""
+        raise AssertionError(f"timed out after {timeout}s waiting for {what or expression}; last: {last!r}{seen}{problems}")
 
     async def goto(self, url: str) -> None:
         await self.send("Page.navigate", {"url": url})

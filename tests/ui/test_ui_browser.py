@@ -17,6 +17,7 @@ write them. The tests run in file order on one page:
 6. a machine dies: its card turns NotReady within 2 s of the API saying so, and its instance
    shows up on another machine's card, with no list call in between (the page watches, never
    polls). Screenshot ``ui-machine-dead.png``.
+7. the API server dies and comes back: the page re-lists and watches again by itself.
 
 Screenshots go to ``$CP_TEST_ARTIFACTS`` (default ``build/test-artifacts/``). Without Chromium the
 tests fail, unless ``CP_ALLOW_NO_BROWSER=1`` says a skip is fine (CI installs it: ``make deps``).
@@ -93,8 +94,10 @@ async def page(chromium: str) -> AsyncIterator[Chromium]:
         yield browser
 
 
-EXPECTED_REFUSALS = (  # the page's probes: does the server want a token (401), is this an admin (403)
-    ("status of 401", "/api/v1/machines?limit=1"), ("status of 403", "/api/v1/tokens?limit=1"))
+EXPECTED_REFUSALS = (  # the page's probes: does the server want a token (401), is this an admin (403);
+    ("status of 401", "/api/v1/machines?limit=1"), ("status of 403", "/api/v1/tokens?limit=1"),
+    # and a drain's DELETE of a global instance the controller removed first (NotFound: gone already)
+    ("status of 404", "/api/v1/instances/edge-"))
 
 
 def unexpected_problems(page: Chromium) -> list[str]:
@@ -125,11 +128,16 @@ def placed(c: FaultCluster) -> dict[str, list[str]]:
 
 
 FOCUS = ("`focus on ${document.activeElement.tagName} ${document.activeElement.dataset.key || document.activeElement.id}; "
-         "status: ${document.getElementById('action-status').textContent}`")
+         "status: ${document.getElementById('action-status').textContent}; keys: ${JSON.stringify(window.__keys || [])}`")
+KEYLOG = """if (!window.__keys) { window.__keys = [];
+  for (const type of ['keydown', 'keypress', 'keyup', 'click']) document.addEventListener(type, (e) => {
+    window.__keys.push(`${type}:${e.target.dataset?.key || e.target.id || e.target.tagName}:${e.target.isConnected}`);
+    window.__keys = window.__keys.slice(-12); }, true); }"""
 
 
 async def press_on(page: Chromium, selector: str) -> None:
     """Focus the element and press Enter on it, as a keyboard user does."""
+    await page.evaluate(KEYLOG)
     await page.evaluate(f"document.querySelector({js(selector)}).focus()")
     assert await page.evaluate(f"document.activeElement === document.querySelector({js(selector)})")
     await page.press("Enter")
@@ -297,3 +305,17 @@ async def test_a_dead_machine_turns_notready_and_its_instance_moves(cluster: Fau
     assert lists_after == lists_before, "the page listed again instead of following its watches"
     await page.screenshot(ARTIFACTS / "ui-machine-dead.png")
     assert not unexpected_problems(page)
+
+
+async def test_a_broken_watch_is_listed_again(cluster: FaultCluster, page: Chromium) -> None:
+    """The API server dies and comes back: the page says it is reconnecting, then lists and watches
+    again on its own (with backoff), and shows a change made after the restart."""
+    cluster.api.kill()
+    await page.wait_for("document.getElementById('conn').dataset.conn === 'reconnecting'", timeout=15,
+                        what="the page noticing the broken watches")
+    await asyncio.to_thread(cluster.api.start)
+    await page.wait_for("document.getElementById('conn').dataset.conn === 'live'", timeout=30,
+                        what="the watches live again", diagnose="document.getElementById('conn').textContent")
+    api_write(cluster, "PATCH", "/api/v1/machines/m2", {"metadata": {"labels": {"ui-check": "after-restart"}}})
+    await page.wait_for("!!document.querySelector('[data-machine=m2] .chips')?.textContent.includes('ui-check=after-restart')",
+                        timeout=10, what="the new label on m2's card")

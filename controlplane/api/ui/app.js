@@ -40,10 +40,17 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function replaceKeepingFocus(container, children) {
-  const key = document.activeElement && container.contains(document.activeElement)
-    ? document.activeElement.dataset.key : undefined;
-  container.replaceChildren(...children);
-  if (key) container.querySelector(`[data-key="${CSS.escape(key)}"]`)?.focus();
+  // swap in only the children that changed (an equal node stays, with its focus and scroll); if the
+  // focused element was in a swapped one, focus its successor (same data-key)
+  const focused = document.activeElement && container.contains(document.activeElement) ? document.activeElement : null;
+  children.forEach((node, i) => {
+    const current = container.children[i];
+    if (!current) container.append(node);
+    else if (!current.isEqualNode(node)) current.replaceWith(node);
+  });
+  while (container.children.length > children.length) container.lastElementChild.remove();
+  const key = focused?.dataset.key;
+  if (focused && !focused.isConnected && key) container.querySelector(`[data-key="${CSS.escape(key)}"]`)?.focus();
 }
 
 const nameOf = (obj) => (obj.metadata || {}).name || "";
@@ -148,7 +155,7 @@ async function start() {
   $("login-form").addEventListener("submit", onLogin);
   $("logout").addEventListener("click", () => loggedOut(""));
   $("details-close").addEventListener("click", () => $("details").close());
-  $("details").addEventListener("close", closeDetails);
+  $("details").addEventListener("close", () => { if (!$("details").open) closeDetails(); });  // not a late one
   state.token = sessionStorage.getItem(TOKEN_KEY) || "";
   try {
     await api("/api/v1/machines?limit=1", { quiet401: true });  // works tokenless under --insecure-no-auth
@@ -456,7 +463,7 @@ function confirmAction({ title, message, number }) {
       resolve(value);
     };
     const ok = () => finish(number === undefined ? true : input.value);
-    const onClose = () => finish(null);
+    const onClose = () => { if (!dialog.open) finish(null); };  // a late "close" of the last one: not ours
     dialog.addEventListener("close", onClose);
     $("confirm-ok").onclick = ok;
     $("confirm-cancel").onclick = () => finish(null);
