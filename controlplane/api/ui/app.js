@@ -242,7 +242,8 @@ function render() {
     ? [el("article", { class: "card pending" }, el("h3", {}, "Not placed"), instanceList(pending, { showMachine: false }))] : []);
   replaceKeepingFocus($("units").tBodies[0], sorted(state.data.units).map(unitRow));
   replaceKeepingFocus($("proxies"), proxyBlocks());
-  replaceKeepingFocus($("events"), newestEvents().slice(0, FEED_EVENTS).map(eventItem));
+  const feed = newestEvents().slice(0, FEED_EVENTS).map(eventItem);
+  replaceKeepingFocus($("events"), feed.length ? feed : [el("li", { class: "muted" }, "no events yet")]);
   if ($("details").open) renderDetails();
   document.body.dataset.rendered = String(Date.now());
 }
