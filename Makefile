@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := etcd-server etcd-client docker.io nginx openssh-server busybox-static iproute2 iptables curl mmdebstrap
+APT_PACKAGES := etcd-server etcd-client docker.io nginx openssh-server busybox-static iproute2 iptables curl mmdebstrap chromium
 STAMP := $(VENV)/.installed
 # what cp-apiserver serves at /dist/ (its default --wheelhouse): wheels and the proxy image tarball
 WHEELHOUSE := build/wheelhouse
@@ -16,7 +16,7 @@ deps: system venv dockerd
 
 system:
 	@missing=""; \
-	for pair in etcd:etcd-server etcdctl:etcd-client dockerd:docker.io nginx:nginx sshd:openssh-server busybox:busybox-static ip:iproute2 iptables:iptables curl:curl mmdebstrap:mmdebstrap; do \
+	for pair in etcd:etcd-server etcdctl:etcd-client dockerd:docker.io nginx:nginx sshd:openssh-server busybox:busybox-static ip:iproute2 iptables:iptables curl:curl mmdebstrap:mmdebstrap chromium:chromium; do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  if ! command -v $$cmd >/dev/null 2>&1 && [ ! -x /usr/sbin/$$cmd ] && [ ! -x /usr/bin/$$cmd ] && [ ! -x /bin/$$cmd ]; then missing="$$missing $$pkg"; fi; \
 	done; \

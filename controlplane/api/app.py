@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controlplane import __version__
-from controlplane.api import dist, objects
+from controlplane.api import dist, objects, ui
 from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, authorize
 from controlplane.api.http import MAX_BODY, error_response, json_response, too_large
 from controlplane.api.metrics import ApiMetrics
@@ -37,7 +37,8 @@ from controlplane.store.base import Store
 log = logging.getLogger(__name__)
 # no token needed; /readyz tells an anonymous caller only "ok" or "not ready", and /metrics is
 # public only with config["metrics_anonymous"] (cp-apiserver --metrics-anonymous); /dist/... too
-# (api/dist.py: the wheelhouse a joining machine installs from)
+# (api/dist.py: the wheelhouse a joining machine installs from) and /ui/... (api/ui.py: the web view's
+# static files; its data comes from the API with the user's token)
 PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/version"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,7 +103,7 @@ def _is_watch(request: web.Request) -> bool:
 
 
 def _is_public(request: web.Request) -> bool:
-    return request.path in PUBLIC_PATHS or dist.is_dist_path(request.path) or (
+    return request.path in PUBLIC_PATHS or dist.is_dist_path(request.path) or ui.is_ui_path(request.path) or (
         request.path == "/metrics" and bool(request.app[CONFIG].get("metrics_anonymous")))
 
 
@@ -200,6 +201,7 @@ def make_app(
     app.router.add_get("/version", version_handler)
     app.router.add_get("/openapi.json", openapi_handler)
     dist.add_routes(app, app[CONFIG].get("wheelhouse"))
+    ui.add_routes(app)
     from controlplane.api import machines, secrets
 
     machines.add_routes(app)
