@@ -67,6 +67,15 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The listener's TLS context (``--tls-cert``/``--tls-key``), or None for plain HTTP."""
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 async def serve(
     *,
     etcd: str,
@@ -104,10 +113,7 @@ async def serve(
         contexts.append(leadership_context)
     app = make_app(store, tokens=tokens, config=config, extra_contexts=contexts)
     host, port = _split_listen(listen)
-    ssl_context = None
-    if tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(tls_cert, tls_key)
+    ssl_context = _server_tls(tls_cert, tls_key)
     runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True, reuse_port=reuse_port or None)
