@@ -19,6 +19,8 @@ from apiserver_fixture import ApiServer, write_private
 from etcd_fixture import EtcdServer
 from inproc_api import Api, assert_status, unit
 
+from controlplane.model import MAX_OBJECT_BYTES
+
 HUGE = "9" * 4301  # int() refuses it: the 500 this file was written for
 
 
@@ -73,9 +75,14 @@ async def test_json_types_are_strict(api: Api) -> None:
 
 
 async def test_objects_over_256_kib_as_stored_are_422(api: Api) -> None:
-    # under the body limit as UTF-8, over it as stored (each "é" is 6 bytes as \\u00e9)
-    wide = {**unit("wide"), "metadata": {"name": "wide", "annotations": {"a": "é" * 50_000}}}
-    err = await refused(api, "POST", "/api/v1/units", json.dumps(wide, ensure_ascii=False).encode(), 422, "Invalid")
+    # a body 64 bytes under the limit is over it as stored: the server adds uid, timestamps,
+    # resourceVersion, the spec's defaults and a status
+    wide = {**unit("wide"), "metadata": {"name": "wide", "annotations": {"a": ""}}}
+    filler = MAX_OBJECT_BYTES - 64 - len(json.dumps(wide, ensure_ascii=False).encode())
+    wide["metadata"]["annotations"]["a"] = "é" * (filler // 2)  # 2 bytes each in UTF-8
+    body = json.dumps(wide, ensure_ascii=False).encode()
+    assert MAX_OBJECT_BYTES - 66 <= len(body) <= MAX_OBJECT_BYTES - 64
+    err = await refused(api, "POST", "/api/v1/units", body, 422, "Invalid")
     assert err["details"]["causes"][0]["reason"] == "FieldValueTooLong" and "262144" in err["message"]
     assert await api.etcd_keys() == {}
     # grown past it by a merge patch, and by a status write
