@@ -57,8 +57,6 @@ MAX_TTL_SECONDS = 10 * 365 * 86400
 DESCRIPTION_MAX = 256
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SECRET = re.compile(rf"[A-Za-z0-9_-]{{{SECRET_CHARS}}}")
-_DURATION = re.compile(r"(\d+)([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _RFC3339 = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -130,20 +128,3 @@ def stored_token_problem(obj: Mapping[str, Any] | None, secret: str, now: float)
 def public_view(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A Token as every reader sees it: without its hash."""
     return {key: value for key, value in obj.items() if key != HASH_FIELD}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds of ``30``, ``30s``, ``2m``, ``24h``, ``7d`` or a sum like ``1h30m``; ValueError otherwise."""
-    cleaned = text.strip().lower()
-    pos, total = 0, 0
-    while pos < len(cleaned):
-        match = _DURATION.match(cleaned, pos)
-        if match is None:
-            break
-        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-        if not match.group(2) and pos < len(cleaned):  # a bare number only at the end ("30", not "30 1m")
-            break
-    if not cleaned or pos != len(cleaned):
-        raise ValueError(f"invalid duration {text!r}: expected e.g. 30s, 2m, 24h, 7d or 1h30m")
-    return total

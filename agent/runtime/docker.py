@@ -236,24 +236,15 @@ class DockerRuntime:
                 raise
 
     async def exec(self, container_id: str, command: list[str]) -> ExecResult:
-        try:
-            container = self.docker.containers.container(container_id)
-            execution = await container.exec(list(command), stdout=True, stderr=True)
-            chunks: list[bytes] = []
-
-            async def collect() -> None:
-                async with execution.start(detach=False) as stream:
-                    while (message := await stream.read_out()) is not None:
-                        chunks.append(message.data)
-
-            await collect()
-            info = await execution.inspect()
-        except DockerError as err:
-            raise _wrap(err, f"exec in {container_id[:12]}") from err
-        except (aiohttp.ClientError, OSError) as err:
-            raise RuntimeUnavailable(f"exec in {container_id[:12]}: {err}") from err
-        exit_code = info.get("ExitCode")
-        return ExecResult(exit_code=-1 if exit_code is None else int(exit_code), output=b"".join(chunks))
+        """``docker exec`` to its end (exec probes): stdout and stderr together, and the exit code."""
+        chunks: list[bytes] = []
+        exit_code = -1
+        async for piece in self.exec_stream(container_id, command):
+            if piece.stream == "exit":
+                exit_code = -1 if piece.exit_code is None else piece.exit_code
+            else:
+                chunks.append(piece.data)
+        return ExecResult(exit_code=exit_code, output=b"".join(chunks))
 
     async def exec_stream(self, container_id: str, command: list[str]) -> AsyncIterator[ExecOutput]:
         """``docker exec`` without stdin or TTY; the engine's multiplexed stream 1 is stdout, 2 stderr."""
