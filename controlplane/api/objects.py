@@ -169,6 +169,7 @@ async def create_object(request: web.Request) -> web.Response:
     resource, kind = resource_of(request)
     user = user_of(request)
     authorize(user, "create", resource)
+    dry_run = dry_run_of(request)
     if resource == "events":
         request.app[NODE_EVENT_LIMITER].admit(user)  # nodes only; counts refused attempts too
     body = await read_json(request)
@@ -177,11 +178,12 @@ async def create_object(request: web.Request) -> web.Response:
     if resource == "events":
         check_node_event(user, obj, bound_machine=lambda instance: _bound_machine(request, instance),
                          was_bound=request.app[RECENT_BINDINGS].was_bound)
-        return json_response(await record_event(request.app[REGISTRY], obj), status=201)  # a repeat: counted
+        if not dry_run:
+            return json_response(await record_event(request.app[REGISTRY], obj), status=201)  # a repeat: counted
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
-    created = await request.app[REGISTRY].create(resource, obj, dry_run=dry_run_of(request))
+    created = await request.app[REGISTRY].create(resource, obj, dry_run=dry_run)
     return json_response(created, status=201)
 
 

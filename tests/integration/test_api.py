@@ -675,3 +675,18 @@ async def test_etcd_down_is_503(unique_prefix: str, tmp_path: Path) -> None:
             assert status == 200
         finally:
             await stop_api(api, store)
+
+
+async def test_dry_run_covers_events_too(api: Api) -> None:
+    """Events are written through their own path (repeats are counted): a dry run stores none, and
+    a dryRun value other than All is refused there as everywhere."""
+    event = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "dry-e1"}, "type": "Normal",
+             "reason": "Started", "involvedObject": {"kind": "Instance", "name": "web-0"}, "message": "m"}
+    before = await api.etcd_keys()
+    status, body = await api.call("POST", "/api/v1/events?dryRun=All", body=event)
+    assert status == 201 and body["metadata"]["name"] == "dry-e1", body
+    status, body = await api.call("POST", "/api/v1/events?dryRun=%0E", body=event)
+    assert_status(body, 400, "BadRequest")
+    assert await api.etcd_keys() == before
+    status, body = await api.call("POST", "/api/v1/events", body=event)
+    assert status == 201 and await api.etcd_keys() != before
