@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from agent_apps import ADMIN, VIEWER, bound_instance, call, json_or_raw, running, signing_keys
 from aiohttp import web
 from apiserver_fixture import ApiServer
 from docker_fixture import build_local_images, remove_cluster_containers
@@ -30,7 +31,6 @@ from agent.logserver import make_log_app
 from agent.runtime.base import ExecOutput
 from controlplane.execstream import EXIT, STDERR, STDOUT, FrameReader, exit_result
 
-ADMIN, VIEWER = "admin-token", "viewer-token"
 CPCTL = ["-m", "controlplane.cli.main"]
 
 
@@ -40,49 +40,11 @@ def api(etcd: EtcdServer) -> Iterator[ApiServer]:
         yield server
 
 
-async def call(api: ApiServer, method: str, path: str, body: Any = None, *,
-               token: str | None = ADMIN) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.request(
-            method, api.url + path, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-        raw = await resp.read()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
-
-
 def frames(raw: bytes) -> list[tuple[int, bytes]]:
     reader = FrameReader()
     found = list(reader.feed(raw))
     assert not reader.pending and found and found[-1][0] == EXIT, raw
     return found
-
-
-async def heartbeat(api: ApiServer, machine: str, port: int) -> list[object]:
-    status, reply = await call(api, "POST", f"/api/v1/machines/{machine}/heartbeat",
-                               {"address": "127.0.0.1", "agentPort": port, "capacity": {"cpu": 2.0, "memoryMB": 1024}},
-                               token=f"node-{machine}-token")
-    assert status == 200, reply
-    return list(reply["logSigningKeys"])
-
-
-async def bound_instance(api: ApiServer, name: str, machine: str) -> None:
-    status, obj = await call(api, "POST", "/api/v1/instances", {
-        "metadata": {"name": name}, "spec": {"unit": name.rpartition("-")[0], "index": 0, "machine": machine}})
-    assert status == 201, obj
-
-
-@contextlib.asynccontextmanager
-async def running(app: web.Application) -> AsyncIterator[int]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
 
 
 class CannedExec:
@@ -117,10 +79,7 @@ class Machine:
                 "POST" if body is not None else "GET", f"http://127.0.0.1:{self.port}{path}", json=body,
                 headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             raw = await resp.read()
-        try:
-            return resp.status, json.loads(raw)
-        except ValueError:
-            return resp.status, raw
+        return resp.status, json_or_raw(raw)
 
 
 @contextlib.asynccontextmanager
@@ -129,7 +88,7 @@ async def agent(api: ApiServer, machine: str, runtime: Any, containers: dict[str
     app = make_log_app(runtime, machine=machine, containers=lambda: containers, signing_keys=lambda: me.keys)
     async with running(app) as port:
         me.port = port
-        me.keys = await heartbeat(api, machine, port)
+        me.keys = await signing_keys(api, machine, port)
         yield me
 
 
@@ -146,7 +105,7 @@ async def recorder(api: ApiServer, machine: str, *, answer: bytes = b"") -> Asyn
     app.router.add_route("*", "/{tail:.*}", handle)
     async with running(app) as port:
         me.port = port
-        await heartbeat(api, machine, port)
+        await signing_keys(api, machine, port)
         yield me
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from agent_apps import ADMIN, VIEWER, bound_instance, call, heartbeat, json_or_raw, running
 from aiohttp import web
 from apiserver_fixture import ApiServer
 from docker_fixture import build_local_images, remove_cluster_containers
@@ -28,7 +29,6 @@ from etcd_fixture import EtcdServer
 from agent.logserver import make_log_app
 from controlplane.client import Client
 
-ADMIN, VIEWER = "admin-token", "viewer-token"
 CAP = 64 * 1024 * 1024
 
 
@@ -36,34 +36,6 @@ CAP = 64 * 1024 * 1024
 def api(etcd: EtcdServer) -> Iterator[ApiServer]:
     with ApiServer(etcd.url, f"/cp-test/logtrust-{uuid.uuid4().hex[:8]}", controllers=False) as server:
         yield server
-
-
-async def call(api: ApiServer, method: str, path: str, body: Any = None, *, token: str | None = ADMIN,
-               headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """One request to the API (async: the listeners below share this event loop)."""
-    sent = dict(headers or {})
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    async with aiohttp.ClientSession() as session, session.request(
-            method, api.url + path, json=body, headers=sent, timeout=aiohttp.ClientTimeout(total=60)) as resp:
-        raw = await resp.read()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
-
-
-async def heartbeat(api: ApiServer, machine: str, *, address: str = "127.0.0.1", port: int = 0,
-                    labels: dict[str, str] | None = None, **extra: Any) -> tuple[int, Any]:
-    body = {"address": address, "agentPort": port, "capacity": {"cpu": 2.0, "memoryMB": 1024},
-            "agentVersion": "test", "labels": labels or {}, **extra}
-    return await call(api, "POST", f"/api/v1/machines/{machine}/heartbeat", body, token=f"node-{machine}-token")
-
-
-async def bound_instance(api: ApiServer, name: str, machine: str) -> None:
-    status, obj = await call(api, "POST", "/api/v1/instances", {
-        "metadata": {"name": name}, "spec": {"unit": name.rpartition("-")[0], "index": 0, "machine": machine}})
-    assert status == 201, obj
 
 
 @dataclass
@@ -92,20 +64,6 @@ class Listener:
             await response.write_eof()
             return response
         return web.Response(text="listener output\n")
-
-
-@contextlib.asynccontextmanager
-async def running(app: web.Application) -> AsyncIterator[int]:
-    """Serve ``app`` on 127.0.0.1 and a free port for the block; yields the port. A followed log
-    stream still open at the end (its container sleeps) is cut after a second."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -168,10 +126,7 @@ async def direct(target: Agent, path: str, authorization: str | None, **params: 
     async with aiohttp.ClientSession() as session, session.get(
             target.url + path, headers=headers, params=params, timeout=aiohttp.ClientTimeout(total=10)) as resp:
         raw = await resp.read()
-    try:
-        return resp.status, json.loads(raw)
-    except ValueError:
-        return resp.status, raw
+    return resp.status, json_or_raw(raw)
 
 
 def assert_status(payload: Any, code: int) -> None:
