@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import json
 import random
-import re
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from agent_partition import AgentPartition, Direction  # noqa: E402
 from agent_scenario import SERVED, FaultCluster, start_scenario, wait_converged, wait_until  # noqa: E402
 from apiserver_fixture import ApiServer  # noqa: E402
 from etcd_fixture import EtcdCluster  # noqa: E402
+from fault_servers import metric  # noqa: E402
 from fault_watch import DockerSampler, RunningCopy, running_by_instance, running_copies  # noqa: E402
 
 TOKEN = "admin-token"
@@ -273,14 +273,7 @@ def etcd_member(rig: Rig, rng: random.Random) -> tuple[str, float]:
 
 
 def is_leader(api: ApiServer) -> bool:
-    request = urllib.request.Request(api.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(request, timeout=1) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return False
-    match = re.search(r"^cp_leader ([0-9.]+)$", text, re.M)
-    return bool(match and float(match.group(1)) == 1.0)
+    return metric(api.url, "cp_leader", token=TOKEN) == 1.0
 
 
 def leader_kill(rig: Rig, rng: random.Random) -> tuple[str, float]:
