@@ -164,6 +164,10 @@ class Registry:
         obj = self.caches[resource].get(name)
         return copy.deepcopy(obj) if obj is not None else None
 
+    def peek(self, resource: str, name: str) -> dict[str, Any] | None:
+        """The cached object itself, not a copy: for callers that only read it (the heartbeat)."""
+        return self.caches[resource].get(name)
+
     def list(
         self,
         resource: str,

@@ -20,6 +20,7 @@ from controlplane.api import dist, objects, ui
 from controlplane.api.auth import ANONYMOUS_ADMIN, TokenTable, authorize
 from controlplane.api.http import MAX_BODY, error_response, json_response, too_large
 from controlplane.api.metrics import ApiMetrics
+from controlplane.api.priority import DEFAULT_SEATS, SEATS, Seats, seats_middleware
 from controlplane.api.state import CONFIG, METRICS, REGISTRY, SERVICES, STORE, TOKENS, USER_KEY, user_of
 from controlplane.errors import (
     CPError,
@@ -175,10 +176,13 @@ def make_app(
     """The API application over ``store``. ``tokens`` None means --insecure-no-auth;
     ``config["metrics_anonymous"]`` serves /metrics without a token; ``config["wheelhouse"]`` is the
     folder /dist/ serves (api/dist.py)."""
-    app = web.Application(middlewares=[status_middleware, auth_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[status_middleware, seats_middleware, auth_middleware],
+                          client_max_size=MAX_BODY)
     app[STORE] = store
     app[METRICS] = ApiMetrics()
     app[CONFIG] = dict(config or {})
+    app[SEATS] = Seats(int(app[CONFIG].get("max_requests_inflight") or DEFAULT_SEATS))
+    app[METRICS].watch_seats(app[SEATS])
     app[SERVICES] = {}
     if tokens is not None:
         app[TOKENS] = tokens

@@ -16,7 +16,7 @@ file is never half-applied.
 from __future__ import annotations
 
 import csv
-import hmac
+import hashlib
 import io
 import logging
 import os
@@ -127,11 +127,20 @@ def read_token_file(path: str | Path) -> dict[str, User]:
     return parse_tokens(text, source=str(path))
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 class TokenTable:
-    """Bearer tokens from a CSV file: ``token,user,role[,machine]``; ``reload`` swaps in a new file's."""
+    """Bearer tokens from a CSV file: ``token,user,role[,machine]``; ``reload`` swaps in a new file's.
+
+    The file's tokens are kept by their SHA-256, so finding one is one dict lookup whatever the
+    file's size (a scan comparing each token cost every request O(tokens): with a node token per
+    machine, 2,000 machines' heartbeats made 2,000 x 1,000 comparisons a second). Looking up a
+    digest tells a timing attacker nothing about the token itself."""
 
     def __init__(self, users: dict[str, User]) -> None:
-        self._users = users
+        self._users = {_digest(token): user for token, user in users.items()}
         self.stored: StoredTokens | None = None  # attached by api/tokens.py once the registry exists
 
     @classmethod
@@ -142,7 +151,7 @@ class TokenTable:
         """Replace every token with those of ``path`` (all or nothing); returns how many there are.
         A bad file raises TokenFileError and leaves the table as it was."""
         users = read_token_file(path)
-        self._users = users
+        self._users = {_digest(token): user for token, user in users.items()}
         return len(users)
 
     def authenticate(self, header: str | None, *, method: str = "", path: str = "") -> User:
@@ -151,9 +160,9 @@ class TokenTable:
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("missing bearer token")
         token = header[len("Bearer "):].strip()
-        for known, user in self._users.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                return user
+        user = self._users.get(_digest(token))
+        if user is not None:
+            return user
         stored = self.stored.user_of(token) if self.stored is not None else None
         if stored is None:
             raise Unauthorized("invalid bearer token")

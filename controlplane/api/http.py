@@ -152,9 +152,8 @@ def parse_json(text: str) -> Any:
     return value
 
 
-async def read_json(request: web.Request, *, accept: tuple[str, ...] = JSON_TYPES) -> Any:
-    """The request body as JSON, or a CPError: 415 wrong type, 413 too large, 400 not UTF-8 / not JSON,
-    422 a number out of range."""
+async def read_body(request: web.Request, *, accept: tuple[str, ...] = JSON_TYPES) -> str:
+    """The request body as text, or a CPError: 415 wrong type, 413 too large, 400 not UTF-8 / empty."""
     if request.content_type not in accept:
         raise UnsupportedMediaType(
             f"unsupported content type {request.content_type or '(none)'!r}; use {' or '.join(accept)}"
@@ -171,7 +170,13 @@ async def read_json(request: web.Request, *, accept: tuple[str, ...] = JSON_TYPE
         raise BadRequest(f"request body is not UTF-8: {err.reason} at byte {err.start}") from err
     if not text.strip():
         raise BadRequest("request body is empty")
-    return parse_json(text)
+    return text
+
+
+async def read_json(request: web.Request, *, accept: tuple[str, ...] = JSON_TYPES) -> Any:
+    """The request body as JSON, or a CPError: 415 wrong type, 413 too large, 400 not UTF-8 / not JSON,
+    422 a number out of range."""
+    return parse_json(await read_body(request, accept=accept))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

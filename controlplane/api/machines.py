@@ -21,17 +21,16 @@ machine's previous one (same user) is not validated again (``ParsedBeats``).
 
 from __future__ import annotations
 
-import copy
-import datetime as dt
 import json
 import time
 from typing import Any
 
 from aiohttp import web
 
+from controlplane import jsoncodec
 from controlplane.api.auth import User, authorize
 from controlplane.api.execproxy import instance_exec
-from controlplane.api.http import json_response, read_json
+from controlplane.api.http import json_response, parse_json, read_body
 from controlplane.api.logproxy import LOG_SIGNING, LogSigningKeys, instance_log
 from controlplane.api.node_policy import check_node_labels
 from controlplane.api.presence import PresenceLeases, keep_presence
@@ -47,6 +46,7 @@ from controlplane.errors import (
 )
 from controlplane.model import machine_tombstone_key, now_rfc3339
 from controlplane.schemas import load_object, load_status
+from controlplane.tokens import parse_time
 
 HEARTBEAT_STAMP_SECONDS = 30.0
 PRESENCE_LEASES = web.AppKey("presence_leases", PresenceLeases)
@@ -71,23 +71,21 @@ def _parse_heartbeat(user: User, name: str, body: Any) -> dict[str, Any]:
 
 
 class ParsedBeats:
-    """The last valid heartbeat body of each machine, parsed: an equal body from the same user
-    parses to the same result, so it is not validated again. Pure; one entry per machine."""
+    """The last valid heartbeat body of each machine, parsed: the same body text from the same user
+    parses to the same result, so it is neither decoded nor validated again (an agent sends the
+    same bytes every beat while nothing changes). Pure; one entry per machine. Each answer is a
+    fresh copy (decoded from the stored bytes), which its caller may change."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[User, str, dict[str, Any]]] = {}
+        self._last: dict[str, tuple[User, str, bytes]] = {}
 
-    def parse(self, user: User, name: str, body: Any) -> dict[str, Any]:
-        try:
-            text = json.dumps(body, sort_keys=True)
-        except (TypeError, ValueError):
-            text = ""
+    def parse(self, user: User, name: str, text: str) -> dict[str, Any]:
         last = self._last.get(name)
-        if text and last is not None and last[0] == user and last[1] == text:
-            return copy.deepcopy(last[2])
-        parsed = _parse_heartbeat(user, name, body)
-        if text:
-            self._last[name] = (user, text, copy.deepcopy(parsed))
+        if last is not None and last[0] == user and last[1] == text:
+            parsed: dict[str, Any] = jsoncodec.loads(last[2])
+            return parsed
+        parsed = _parse_heartbeat(user, name, parse_json(text))
+        self._last[name] = (user, text, jsoncodec.dumps(parsed))
         return parsed
 
 
@@ -95,13 +93,8 @@ PARSED_BEATS = web.AppKey("parsed_heartbeats", ParsedBeats)
 
 
 def _stamp_due(previous: str, now: float) -> bool:
-    if not previous:
-        return True
-    try:
-        then = dt.datetime.strptime(previous, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
-    except ValueError:
-        return True
-    return now - then >= HEARTBEAT_STAMP_SECONDS
+    then = parse_time(previous)
+    return then is None or now - then >= HEARTBEAT_STAMP_SECONDS
 
 
 async def _register(request: web.Request, name: str, status: dict[str, Any],
@@ -123,13 +116,13 @@ async def heartbeat(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     user = user_of(request)
     authorize(user, "update", "machines", name=name, subresource="heartbeat")
-    beat = request.app[PARSED_BEATS].parse(user, name, await read_json(request))
+    beat = request.app[PARSED_BEATS].parse(user, name, await read_body(request))
     ttl = int(request.app[CONFIG].get("machine_ttl", 5))
     registry = request.app[REGISTRY]
     lease = await keep_presence(request.app[STORE], request.app[PRESENCE_LEASES], name, ttl)
     now = time.time()
     status = beat["status"]
-    current = registry.find("machines", name)
+    current = registry.peek("machines", name)  # read only: answered as it is, or replaced below
     if current is None:
         current = await _register(request, name, status, beat["labels"])
     old = current.get("status") or {}

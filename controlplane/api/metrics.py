@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from controlplane import __version__
+from controlplane.api.priority import Seats
 from controlplane.controllers.metrics import LATENCY_BUCKETS, ControllerMetrics
 
 __all__ = ["LATENCY_BUCKETS", "ApiMetrics"]
@@ -58,6 +59,13 @@ class ApiMetrics:
             ["operation"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.controllers = ControllerMetrics(r)
+
+    def watch_seats(self, seats: Seats) -> None:
+        """The seats of api/priority.py, read at each scrape."""
+        Gauge("cp_apiserver_requests_inflight", "Requests in a seat now (heartbeats and streams take none)",
+              registry=self.registry).set_function(lambda: seats.in_use)
+        Gauge("cp_apiserver_requests_waiting", "Requests waiting for a seat now",
+              registry=self.registry).set_function(lambda: seats.waiting)
 
     def observe_request(self, route: str, method: str, code: int, seconds: float, *, watch: bool = False) -> None:
         if watch:

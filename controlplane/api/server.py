@@ -29,6 +29,7 @@ from aiohttp import web
 from controlplane.admission import POLICY_KEY, AdmissionPolicy, parse_capabilities
 from controlplane.api.app import make_app
 from controlplane.api.auth import TokenFileError, TokenTable, reload_tokens
+from controlplane.api.priority import DEFAULT_SEATS
 from controlplane.errors import CPError
 from controlplane.model import DEFAULT_PIDS_LIMIT, DEFAULT_PROXY_IMAGE, MAX_PIDS_LIMIT
 from controlplane.store.etcd_access import EtcdAccess, StoreConfigError
@@ -93,6 +94,7 @@ async def serve(
     etcd_access: EtcdAccess | None = None,
     wheelhouse: str | None = None,
     reuse_port: bool = False,
+    max_requests_inflight: int = DEFAULT_SEATS,
 ) -> None:
     from controlplane.store import open_store
 
@@ -105,7 +107,7 @@ async def serve(
         await connect()  # StoreUnavailable (exit 1 with the reason) when no endpoint answers
     config = {"machine_ttl": machine_ttl, "proxy_image": proxy_image, "etcd_prefix": prefix, "listen": listen,
               POLICY_KEY: admission or AdmissionPolicy(proxy_image=proxy_image),
-              "metrics_anonymous": metrics_anonymous, "wheelhouse": wheelhouse}
+              "metrics_anonymous": metrics_anonymous, "wheelhouse": wheelhouse, "max_requests_inflight": max_requests_inflight}
     contexts = []
     if controllers:
         from controlplane.api.leadership import leadership_context
@@ -203,12 +205,16 @@ async def _close_store(store: Store) -> None:
               help="API server processes sharing --listen through SO_REUSEPORT, each a whole server (one of "
                    "all of them leads); SIGTERM stops them all. See docs/deploy.md")
 @click.option("--worker-of", type=int, hidden=True, help="(internal) this process is a worker of that parent")
+@click.option("--max-requests-inflight", type=click.IntRange(1, 100_000), default=DEFAULT_SEATS, show_default=True,
+              help="requests served at once (heartbeats, watches, log and exec streams not counted: they "
+                   "never wait); the rest wait their turn in arrival order (api/priority.py)")
 @click.option("--log-level", default=os.environ.get("CP_LOG_LEVEL", "INFO"), show_default=True)
 def main(
     etcd: str, prefix: str, listen: str, tls_cert: str | None, tls_key: str | None, token_file: str | None,
     insecure_no_auth: bool, machine_ttl: int, proxy_image: str, default_pids_limit: int, max_pids_limit: int,
     allow_privilege_escalation: bool, allowed_capabilities: str, no_controllers: bool, metrics_anonymous: bool,
-    wheelhouse: str, workers: int, worker_of: int | None, log_level: str, **etcd_flags: str | None,
+    wheelhouse: str, workers: int, worker_of: int | None, max_requests_inflight: int, log_level: str,
+    **etcd_flags: str | None,
 ) -> None:
     """The controlplane API server (and, when elected, scheduler and controllers)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -247,6 +253,7 @@ def main(
             machine_ttl=machine_ttl, proxy_image=proxy_image, tls_cert=tls_cert, tls_key=tls_key,
             controllers=not no_controllers, admission=admission, metrics_anonymous=metrics_anonymous,
             etcd_access=etcd_access, wheelhouse=wheelhouse, reuse_port=worker_of is not None,
+            max_requests_inflight=max_requests_inflight,
         ))
     except TokenFileError as err:  # a configuration error, like a bad flag
         click.echo(f"cp-apiserver: {err.message}", err=True)

@@ -173,3 +173,15 @@ def test_reload_swaps_all_or_nothing(tmp_path: Path) -> None:
     assert table.authenticate("Bearer new") == User("bob", "viewer")  # the old table stands
     with pytest.raises(Unauthorized):
         table.authenticate("Bearer fine")
+
+
+def test_a_big_token_file_finds_each_token_and_only_whole_tokens() -> None:
+    """Tokens are kept by digest (one lookup, not a scan of 2,000 comparisons per request): every
+    token still finds its own user, and a prefix, an extension or another case of one finds none."""
+    text = "".join(f"node-m{i}-secret,node-m{i},node,m{i}\n" for i in range(2000)) + "root-secret,root,admin\n"
+    table = TokenTable(parse_tokens(text, source="tokens.csv"))
+    assert table.authenticate("Bearer node-m1234-secret") == User("node-m1234", "node", "m1234")
+    assert table.authenticate("Bearer root-secret") == User("root", "admin")
+    for wrong in ("node-m1234-secre", "node-m1234-secretx", "NODE-M1234-SECRET", "", "node-m2000-secret"):
+        with pytest.raises(Unauthorized):
+            table.authenticate(f"Bearer {wrong}")

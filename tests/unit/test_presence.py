@@ -5,6 +5,7 @@ an unchanged body is not validated again but still answers as a fresh parse woul
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -127,7 +128,7 @@ NODE = User(name="node-m1", role="node", machine="m1")
 BODY = {"address": "10.0.0.1", "capacity": {"cpu": 2, "memoryMB": 512}, "agentVersion": "t", "labels": {"a": "b"}}
 
 
-def test_equal_body_is_parsed_once_and_answers_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_equal_body_text_is_parsed_once_and_answers_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     parses: list[str] = []
     real = machines._parse_heartbeat
 
@@ -137,15 +138,15 @@ def test_equal_body_is_parsed_once_and_answers_a_copy(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(machines, "_parse_heartbeat", counted)
     memo = machines.ParsedBeats()
-    first = memo.parse(NODE, "m1", dict(BODY))
+    first = memo.parse(NODE, "m1", json.dumps(BODY))
     first["status"]["lastHeartbeatTime"] = "changed by the caller"
-    second = memo.parse(NODE, "m1", dict(BODY))
+    second = memo.parse(NODE, "m1", json.dumps(BODY))
     assert parses == ["m1"]
     assert second == real(NODE, "m1", dict(BODY))
-    memo.parse(NODE, "m1", {**BODY, "address": "10.0.0.2"})
+    memo.parse(NODE, "m1", json.dumps({**BODY, "address": "10.0.0.2"}))
     assert parses == ["m1", "m1"]
     other = User(name="admin", role="admin")
-    memo.parse(other, "m1", {**BODY, "address": "10.0.0.2"})  # another user: checked for that user
+    memo.parse(other, "m1", json.dumps({**BODY, "address": "10.0.0.2"}))  # another user: checked for that user
     assert len(parses) == 3
 
 
@@ -154,4 +155,4 @@ def test_invalid_body_is_refused_every_time() -> None:
     bad = {**BODY, "labels": {"controlplane.io/role": "x"}}
     for _ in range(2):
         with pytest.raises(Invalid, match="controlplane.io/"):
-            memo.parse(NODE, "m1", bad)
+            memo.parse(NODE, "m1", json.dumps(bad))
