@@ -331,13 +331,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds the schedule may take")
     parser.add_argument("--bring-up-timeout", type=float, default=180.0)
     parser.add_argument("--profile", type=Path, help="py-spy the API server in the steady window (folded stacks)")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more cp-apiserver argument (repeat), e.g. --server-arg=--max-requests-inflight=200")
     parser.add_argument("--json", type=Path, help="merge the result into this file, under the machine count")
     args = parser.parse_args()
     args.instances = args.instances or 2 * args.machines
     args.ramp = args.ramp or args.machines / 100
     raise_fd_limit(65536)
     with EtcdServer() as etcd:
-        api = ApiServer(etcd.url, "/scale", machine_ttl=args.ttl)
+        api = ApiServer(etcd.url, "/scale", machine_ttl=args.ttl, extra_args=args.server_arg)
         write_tokens(api.token_file, args.machines)
         with api:
             result = asyncio.run(run(args, etcd, api))

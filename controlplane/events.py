@@ -41,13 +41,14 @@ def last_seen(event: Mapping[str, Any]) -> str:
     return str(event.get("lastTimestamp") or event.get("timestamp") or "")
 
 
-def _about(event: Mapping[str, Any]) -> tuple[str, str]:
+def event_about(event: Mapping[str, Any]) -> tuple[str, str]:
+    """The (kind, name) an Event is about: what Events are grouped by (a repeat, the per-object limit)."""
     involved = event.get("involvedObject") or {}
     return str(involved.get("kind") or ""), str(involved.get("name") or "")
 
 
 def _key(event: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
-    return (*_about(event), str(event.get("type") or "Normal"), str(event.get("reason") or ""),
+    return (*event_about(event), str(event.get("type") or "Normal"), str(event.get("reason") or ""),
             str(event.get("message") or ""))
 
 
@@ -56,9 +57,9 @@ def correlate(existing: Iterable[Mapping[str, Any]], new: Mapping[str, Any], *, 
     """PURE: how to record ``new`` among ``existing`` Events. A twin last seen at or after ``since``
     (RFC 3339) is bumped (the latest one, if several); otherwise ``new`` is created and the oldest
     Events about its object beyond ``limit - 1`` are evicted."""
-    about = _about(new)
+    about = event_about(new)
     key = _key(new)
-    siblings = [e for e in existing if _about(e) == about]
+    siblings = [e for e in existing if event_about(e) == about]
     twins = [e for e in siblings if _key(e) == key and last_seen(e) >= since]
     if twins:
         latest = max(twins, key=lambda e: (last_seen(e), str(e["metadata"]["name"])))
@@ -89,7 +90,9 @@ async def record_event(registry: Registry, event: Mapping[str, Any], *,
     oldest Events about its object beyond the limit. Returns the Event as stored."""
     now = now_rfc3339(clock)
     since = now_rfc3339(lambda: clock() - EVENT_AGGREGATE_SECONDS)
-    recording = correlate(registry.caches["events"].objects.values(), event, since=since)
+    # only the Events about the same object: a scan of all of them made every Event cost O(events)
+    # (38 % of the API server while 500 machines started 1,000 instances: bench_scale)
+    recording = correlate(registry.caches["events"].group(event_about(event)), event, since=since)
     if recording.increment is not None:
         with contextlib.suppress(NotFound):  # expired meanwhile: record it anew
             return await registry.mutate("events", recording.increment, lambda obj: bumped(obj, now=now))

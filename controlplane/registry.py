@@ -31,6 +31,7 @@ from controlplane.errors import (
     PartialFailure,
     RequestEntityTooLarge,
 )
+from controlplane.events import event_about
 from controlplane.model import (
     API_VERSION,
     HAS_STATUS,
@@ -136,7 +137,8 @@ class Registry:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self.caches = {resource: WatchCache(store, resource) for resource in RESOURCES}
+        self.caches = {resource: WatchCache(store, resource, group_by=event_about if resource == "events" else None)
+                       for resource in RESOURCES}
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
         self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
 

@@ -14,7 +14,7 @@ import asyncio
 import collections
 import heapq
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +94,13 @@ INDEXED_FIELD = "spec.machine"
 class WatchCache:
     """Current objects and recent events of one resource, fed by one store watch."""
 
-    def __init__(self, store: Store, resource: str, *, window: int = 20000, queue_size: int = 10000) -> None:
+    def __init__(self, store: Store, resource: str, *, window: int = 20000, queue_size: int = 10000,
+                 group_by: Callable[[dict[str, Any]], Hashable] | None = None) -> None:
         self.store = store
+        # names by group_by(object), kept with the objects: Events by the object they are about, so
+        # recording one reads its object's few Events, not all of them (controlplane/events.py)
+        self.group_by = group_by
+        self._groups: dict[Hashable, set[str]] = {}
         self.resource = resource
         self.prefix = f"{resource}/"
         self.objects: dict[str, dict[str, Any]] = {}
@@ -139,6 +144,9 @@ class WatchCache:
         items, revision = await self.store.range(self.prefix)
         self.objects = {kv.key[len(self.prefix):]: decode(kv) for kv in items}
         self._created = {kv.key[len(self.prefix):]: kv.create_revision for kv in items}
+        self._groups = {}
+        for name, obj in self.objects.items():
+            self._group(name, None, obj)
         self._encoded = {}
         self.revision = revision
         self.oldest_revision = revision
@@ -188,9 +196,11 @@ class WatchCache:
             type_ = "MODIFIED" if before is not None else "ADDED"
             self.objects[name] = obj
             self._created[name] = kv.create_revision
+            self._group(name, before, obj)
         else:
             previous = self.objects.pop(name, None)
             self._created.pop(name, None)
+            self._group(name, previous, None)
             if previous is None and kv.value:
                 previous = decode(kv)
             if previous is None:
@@ -220,6 +230,25 @@ class WatchCache:
         self._wake_revision_waiters()
         async with self._advanced:
             self._advanced.notify_all()
+
+    def _group(self, name: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        if self.group_by is None:
+            return
+        if before is not None:
+            members = self._groups.get(self.group_by(before))
+            if members is not None:
+                members.discard(name)
+                if not members:
+                    del self._groups[self.group_by(before)]
+        if after is not None:
+            self._groups.setdefault(self.group_by(after), set()).add(name)
+
+    def group(self, key: Hashable) -> list[dict[str, Any]]:
+        """The cached objects whose ``group_by`` is ``key`` (shared, not copied); every object
+        when the cache keeps no groups."""
+        if self.group_by is None:
+            return list(self.objects.values())
+        return [self.objects[name] for name in self._groups.get(key, ())]
 
     def _candidates(self, event: CacheEvent) -> list[Subscription]:
         """The watchers that may see ``event``: the unindexed ones, and those indexed on the value

@@ -44,3 +44,33 @@ async def test_selector_watch_sees_objects_enter_and_leave() -> None:
     finally:
         await cache.stop()
         await store.close()
+
+
+async def test_groups_follow_puts_moves_deletes_and_relists() -> None:
+    """A cache with ``group_by`` (Events by the object they are about) keeps each object in the
+    group of its current value: added, moved to another group, deleted, and rebuilt on a re-list."""
+    store = MemoryStore(reap_interval=None)
+    cache = WatchCache(store, "instances", group_by=lambda obj: obj["spec"]["machine"])
+    await cache.start()
+
+    def names(key: str) -> list[str]:
+        return sorted(obj["metadata"]["name"] for obj in cache.group(key))
+
+    try:
+        await store.create("instances/web-0", instance("m1"))
+        await store.create("instances/web-1", json.dumps(
+            {"metadata": {"name": "web-1"}, "spec": {"unit": "web", "machine": "m1"}}).encode())
+        await cache.wait_for(await store.revision())
+        assert names("m1") == ["web-0", "web-1"]
+        await store.put("instances/web-0", instance("m2"))
+        await cache.wait_for(await store.revision())
+        assert (names("m1"), names("m2")) == (["web-1"], ["web-0"])
+        await store.delete("instances/web-1")
+        await cache.wait_for(await store.revision())
+        assert (names("m1"), names("m2"), names("m3")) == ([], ["web-0"], [])
+        await cache._relist()  # noqa: SLF001 -- what a compaction does
+        assert (names("m1"), names("m2")) == ([], ["web-0"])
+        assert WatchCache(store, "instances").group("m2") == []  # no groups kept: every object (none yet)
+    finally:
+        await cache.stop()
+        await store.close()
