@@ -7,7 +7,9 @@ The workload keeps 30 instances per machine at every size (so the growth table c
 with like): units of 100 replicas, cpu 0.25 / 256 MB each, on machines of 64 cpu / 256 GB with
 role and zone labels. 70% of the units use the defaults (spread required), 10% spread preferred,
 10% ask for role=db (30% of machines), 5% for role=edge (10% of machines; spread preferred,
-since 100 replicas can outnumber them), 5% conflict with another unit through a glob. Every instance goes through ``Scheduler.place``, as ``schedule()`` does.
+since 100 replicas can outnumber them), 5% conflict with another unit through a glob. Every
+instance goes through ``Scheduler.place``, one at a time (``schedule()`` and the leader use
+``place_many``, which gives the same placements a unit's run at a time).
 Prints figures only; no asserts.
 """
 

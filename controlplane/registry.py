@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from controlplane import jsoncodec
+from controlplane import jsoncodec, stamps
 from controlplane.errors import (
     AlreadyExists,
     BadRequest,
@@ -227,12 +227,12 @@ class Registry:
         meta["resourceVersion"] = str(revision)
         return new
 
-    def _stamp_new(self, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    def _stamp_new(self, resource: str, obj: Mapping[str, Any], *, uid: str = "", created: str = "") -> dict[str, Any]:
         # only the top level and metadata are changed here: copying those is enough
         stamped = {**obj, "metadata": dict(obj.get("metadata") or {})}
         meta = stamped["metadata"]
-        meta["uid"] = str(uuid.uuid4())
-        meta["creationTimestamp"] = now_rfc3339(self.clock)
+        meta["uid"] = uid or str(uuid.uuid4())
+        meta["creationTimestamp"] = created or now_rfc3339(self.clock)
         meta["generation"] = 1
         meta.pop("resourceVersion", None)
         stamped["kind"], stamped["apiVersion"] = RESOURCES[resource], API_VERSION
@@ -246,7 +246,9 @@ class Registry:
         create per object: those that exist are skipped, and the others that fail are raised together
         as ``PartialFailure`` once every object has been tried, so one object that etcd refuses never
         keeps the rest out. Returns how many were created."""
-        stamped = [self._stamp_new(resource, obj) for obj in objs]
+        # the bulk's uids from one urandom call, the timestamps formatted the cheap way (stamps.py)
+        stamped = [self._stamp_new(resource, obj, uid=uid, created=stamps.rfc3339(self.clock()))
+                   for obj, uid in zip(objs, stamps.uuid4_strings(len(objs)), strict=True)]
         created = 0
         last = 0
         failures: dict[str, CPError] = {}

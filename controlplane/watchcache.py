@@ -117,6 +117,7 @@ class WatchCache:
         self.queue_size = queue_size
         self.ready = asyncio.Event()
         self._advanced = asyncio.Condition()
+        self._gone_waiters = 0  # callers inside wait_gone: only they need ``_advanced`` notified
         # writers waiting for their revision: a heap of (revision, seq, future), resolved in order,
         # so an event wakes only the writers it satisfies (a Condition woke all of them every time)
         self._rev_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -228,8 +229,9 @@ class WatchCache:
                         sub.queue.get_nowait()
                     sub.queue.put_nowait(None)
         self._wake_revision_waiters()
-        async with self._advanced:
-            self._advanced.notify_all()
+        if self._gone_waiters:  # the lock and notify cost a few us per event: only when someone waits
+            async with self._advanced:
+                self._advanced.notify_all()
 
     def _group(self, name: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
         if self.group_by is None:
@@ -253,6 +255,8 @@ class WatchCache:
     def _candidates(self, event: CacheEvent) -> list[Subscription]:
         """The watchers that may see ``event``: the unindexed ones, and those indexed on the value
         its object has now or had before."""
+        if not self._by_value:  # no indexed watcher: no need to read the field
+            return list(self._unindexed)
         values = {field_value(event.object, INDEXED_FIELD)}
         if event.previous is not None:
             values.add(field_value(event.previous, INDEXED_FIELD))
@@ -299,6 +303,7 @@ class WatchCache:
 
         if gone():
             return True
+        self._gone_waiters += 1
         try:
             async with asyncio.timeout(timeout):
                 async with self._advanced:
@@ -306,6 +311,8 @@ class WatchCache:
             return True
         except TimeoutError:
             return False
+        finally:
+            self._gone_waiters -= 1
 
     def get(self, name: str) -> dict[str, Any] | None:
         return self.objects.get(name)

@@ -232,7 +232,9 @@ def _unit_actions(state: _Pass) -> None:
             elif action.kind == "create":
                 obj = state.new_instance(name, action.instance, action.index, action.machine)
                 state.plan.write(WriteOp.CREATE_INSTANCE, action.instance, action.reason, instance=obj)
-                state.put(obj, InstanceView.from_dict(obj))
+                spec = obj["spec"]  # the view from_dict would parse, built from what new_instance wrote
+                state.put(obj, InstanceView(name=action.instance, unit=name, index=action.index, machine=spec["machine"],
+                                            epoch=spec["epoch"], generation=spec["generation"]))
                 state.fresh.add(action.instance)
             elif action.kind == "replace" and action.instance in state.work:
                 _replace(state, unit, action)
@@ -256,8 +258,8 @@ def _replace(state: _Pass, unit: UnitView, action: Action) -> None:
 def _schedule(state: _Pass) -> None:
     scheduler = Scheduler.from_views(state.machines, state.units.values(), state.views.values())
     binds: list[tuple[str, str]] = []
-    for name in scheduler.pending():
-        placement = scheduler.place(name)
+    for placement in scheduler.place_many(scheduler.pending()):
+        name = placement.instance
         if placement.machine is None:
             _unschedulable(state, name, placement)
         else:
@@ -273,7 +275,9 @@ def _bind(state: _Pass, name: str, machine: str) -> bool:
     replace, which carry their binding)."""
     inst = state.work[name]
     epoch = int(inst["spec"].get("epoch") or 0) + 1
-    state.views[name] = dataclasses.replace(state.views[name], machine=machine, epoch=epoch)
+    view = state.views[name]  # built, not dataclasses.replace'd: this runs once per binding
+    state.views[name] = InstanceView(name=view.name, unit=view.unit, index=view.index, machine=machine, epoch=epoch,
+                                     phase=view.phase, ready=view.ready, generation=view.generation)
     if name in state.fresh:
         inst["spec"]["machine"], inst["spec"]["epoch"] = machine, epoch
         return False

@@ -28,7 +28,7 @@ from typing import Any
 
 from controlplane.model import SPREAD_PREFERRED
 from controlplane.scheduler import filters as f
-from controlplane.scheduler.scores import score_key
+from controlplane.scheduler.scores import ScoreKey, score_key
 from controlplane.scheduler.state import ClusterState
 from controlplane.scheduler.view import InstanceView, MachineView, UnitView
 
@@ -172,6 +172,84 @@ class Scheduler:
             state.bind(instance, machine)
         return Placement(instance, machine, f"bound to {machine}")
 
+    def place_many(self, names: Sequence[str]) -> list[Placement]:
+        """``[self.place(n) for n in names]``, the same placements, binding each; but a run of
+        instances of one unit is placed in one go (``_place_run``): its candidates are walked once
+        for the whole run rather than once per instance, and each machine it lands on is re-keyed
+        once. ``tests/unit/test_scheduler_batch.py`` checks the two agree on random clusters."""
+        out: list[Placement] = []
+        instances = self.state.instances
+        start = 0
+        while start < len(names):
+            unit = instances[names[start]].unit
+            end = start + 1
+            while end < len(names) and instances[names[end]].unit == unit:
+                end += 1
+            self._place_run(unit, names[start:end], out)
+            start = end
+        return out
+
+    def _place_run(self, unit_name: str, names: Sequence[str], out: list[Placement]) -> None:
+        """Place instances of one unit in order, as ``place`` would one by one. Why the result is
+        the same: a binding changes only the machine it lands on (its counts, its key, whether it
+        still fits this unit; the conflict partners of the unit do not change, a unit never
+        conflicting with itself). So the candidate walk, started once, stays right for every
+        machine not yet landed on, and the machines landed on are kept apart in a heap by their
+        current score, if they still fit. Each placement takes the better of the walk's next
+        feasible machine and the heap's top: the best feasible machine, as ``place`` finds it."""
+        state = self.state
+        unit = state.units.get(unit_name)
+        if unit is None:
+            out.extend(self.place(name) for name in names)
+            return
+        chain = self.chain_for(unit)
+        # with spread required a machine landed on never fits this unit again: no heap to keep
+        refits = not any(isinstance(flt, f.SpreadRequired) for flt in chain)
+        with state.rekeys_deferred():  # the walk iterates the orders: they must not move under it
+            walk = self._candidates(unit)
+            landed: set[str] = set()
+            heap: list[ScoreKey] = []  # machines landed on that still fit, by current score
+            ahead: ScoreKey | None = None  # the walk's next feasible machine not landed on
+            walked_out = False
+            for name in names:
+                inst = state.instances[name]
+                cached = self._failures.get(unit.name)
+                if inst.machine or (cached is not None and cached[0] == state.version):
+                    out.append(self.place(name))  # already bound, or the cached failure
+                    continue
+                if ahead is None and not walked_out:
+                    ahead = self._next_fitting(unit, chain, walk, landed)
+                    walked_out = ahead is None
+                if heap and (ahead is None or heap[0] < ahead):
+                    machine = heapq.heappop(heap)[-1]
+                elif ahead is not None:
+                    machine, ahead = ahead[-1], None
+                else:
+                    out.append(self.place(name))  # nothing fits: the full scan says why (cached)
+                    continue
+                state.bind(name, machine)
+                landed.add(machine)
+                if refits and _refusal(unit, state.machines[machine], state, chain) is None:
+                    heapq.heappush(heap, score_key(state, unit, machine))
+                out.append(Placement(name, machine, f"bound to {machine}"))
+
+    def _next_fitting(
+        self, unit: UnitView, chain: Sequence[f.Filter], walk: Iterator[str], landed: set[str]
+    ) -> ScoreKey | None:
+        """The score of the next machine of ``walk`` that passes ``chain``, skipping those landed on."""
+        state = self.state
+        machines = state.machines
+        for name in walk:
+            if name in landed:
+                continue
+            machine = machines[name]
+            for flt in chain:
+                if flt.check(unit, machine, state) is not None:
+                    break
+            else:
+                return score_key(state, unit, name)
+        return None
+
     def chain_for(self, unit: UnitView) -> tuple[f.Filter, ...]:
         """The filters that apply to ``unit``, in chain order."""
         if self._chains_version != self.state.units_version:
@@ -276,4 +354,4 @@ def schedule(
     """A placement for every pending instance (``spec.machine`` empty), in order of unit name
     then index; each placement sees the ones before it. The inputs are not modified."""
     scheduler = Scheduler.from_dicts(machines, units, instances)
-    return [scheduler.place(name) for name in scheduler.pending()]
+    return scheduler.place_many(scheduler.pending())

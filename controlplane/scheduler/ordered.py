@@ -12,7 +12,7 @@ keys end with the machine name).
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Any)
@@ -28,6 +28,16 @@ class SortedKeys(Generic[K]):
         self._maxes: list[K] = []
         self._load = load
         self._len = 0
+
+    @classmethod
+    def of(cls, keys: Iterable[K], *, load: int = 128) -> SortedKeys[K]:
+        """The container holding ``keys`` (unique), built with one sort rather than one insert each."""
+        built: SortedKeys[K] = cls(load=load)
+        ordered = sorted(keys)
+        built._lists = [ordered[i : i + load] for i in range(0, len(ordered), load)]
+        built._maxes = [sub[-1] for sub in built._lists]
+        built._len = len(ordered)
+        return built
 
     def __len__(self) -> int:
         return self._len

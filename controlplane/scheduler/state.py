@@ -12,6 +12,7 @@ instance bound to a vanished machine is accounted for until its binding changes.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import re
 from collections import Counter
@@ -22,6 +23,15 @@ from typing import Any
 from controlplane.scheduler.ordered import SortedKeys
 from controlplane.scheduler.scores import MachineKey, machine_order_key
 from controlplane.scheduler.view import HostPort, InstanceView, MachineView, UnitView
+
+
+def _add(counts: Counter[Any], key: Any, delta: int) -> None:
+    """``counts[key] += delta``, dropping the key when that leaves it at or below 0."""
+    value = counts.get(key, 0) + delta
+    if value <= 0:
+        counts.pop(key, None)
+    else:
+        counts[key] = value
 
 
 def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
@@ -54,10 +64,13 @@ class ClusterState:
         self.schedulable_hosts: Counter[str] = Counter()  # unit -> Ready, schedulable machines running it
         self.instances_of: dict[str, set[str]] = {}
         # Ready and schedulable machines, by score (see scores.machine_order_key): all of them,
-        # and per (label key, value), so a unit asking for role=db walks only role=db machines
+        # and per (label key, value), so a unit asking for role=db walks only role=db machines.
+        # The per-label orders are built when first asked for (``label_order``) and kept up to date
+        # from then on: a cluster whose units never ask for labels never pays for re-keying them.
         self.order: SortedKeys[MachineKey] = SortedKeys()
-        self.label_order: dict[tuple[str, str], SortedKeys[MachineKey]] = {}
+        self._label_order: dict[tuple[str, str], SortedKeys[MachineKey]] | None = None
         self._keys: dict[str, MachineKey] = {}
+        self._rekey_later: set[str] | None = None  # inside ``rekeys_deferred``: machines to re-key on leaving
         self.version = 0
         self.units_version = 0
         self.machines_version = 0
@@ -72,13 +85,39 @@ class ClusterState:
         instances: Iterable[InstanceView],
     ) -> ClusterState:
         state = cls()
-        for m in machines:
-            state.upsert_machine(m)
+        for m in machines:  # ordered below, once every binding is accounted for
+            state.machines[m.name] = m
+            state.version += 1
+            state.machines_version += 1
         for u in units:
             state.upsert_unit(u)
         for i in instances:
             state.upsert_instance(i)
+        state._order_all()
         return state
+
+    def _order_all(self) -> None:
+        """Build the score orders from scratch: what ``_reorder`` of every machine would give,
+        with one sort per order instead of one insert per machine (the leader builds a state
+        from its whole snapshot every pass)."""
+        self.schedulable_hosts.clear()
+        self._keys = {name: self.key_of(name) for name in self.machines if self.schedulable(name)}
+        for name in self._keys:
+            for unit in self.units_on.get(name, ()):
+                self.schedulable_hosts[unit] += 1
+        self.order = SortedKeys.of(self._keys.values())
+        self._label_order = None
+
+    @property
+    def label_order(self) -> dict[tuple[str, str], SortedKeys[MachineKey]]:
+        """(label key, value) -> the Ready, schedulable machines carrying it, by score."""
+        if self._label_order is None:
+            by_label: dict[tuple[str, str], list[MachineKey]] = {}
+            for name, key in self._keys.items():
+                for item in self.machines[name].labels.items():
+                    by_label.setdefault(item, []).append(key)
+            self._label_order = {item: SortedKeys.of(keys) for item, keys in by_label.items()}
+        return self._label_order
 
     @classmethod
     def from_dicts(
@@ -128,8 +167,9 @@ class ClusterState:
         old = self._keys.pop(name, None)
         if old is not None:
             self.order.remove(old)
-            for item in self.machines[name].labels.items():
-                self.label_order[item].remove(old)
+            if self._label_order is not None:
+                for item in self.machines[name].labels.items():
+                    self._label_order[item].remove(old)
             if not rekey:
                 for unit in self.units_on.get(name, ()):
                     self.schedulable_hosts[unit] -= 1
@@ -142,14 +182,34 @@ class ClusterState:
             key = self.key_of(name)
             self._keys[name] = key
             self.order.add(key)
-            for item in self.machines[name].labels.items():
-                order = self.label_order.get(item)
-                if order is None:
-                    order = self.label_order[item] = SortedKeys()
-                order.add(key)
+            if self._label_order is not None:
+                for item in self.machines[name].labels.items():
+                    order = self._label_order.get(item)
+                    if order is None:
+                        order = self._label_order[item] = SortedKeys()
+                    order.add(key)
             if not rekey:
                 for unit in self.units_on.get(name, ()):
                     self.schedulable_hosts[unit] += 1
+
+    @contextlib.contextmanager
+    def rekeys_deferred(self) -> Iterator[None]:
+        """Bindings inside re-key their machines in the score orders once, on leaving, not once
+        per binding (a unit's replicas placed in one go). Inside, the orders keep the keys the
+        machines had on entering, so they may be iterated while bindings change; ``key_of`` and
+        every count are current. Machines must not be added, removed or changed inside."""
+        if self._rekey_later is not None:  # already deferring: the outer block re-keys
+            yield
+            return
+        later: set[str] = set()
+        self._rekey_later = later
+        try:
+            yield
+        finally:
+            self._rekey_later = None
+            for name in later:
+                if name in self._keys:
+                    self._reorder(name, rekey=True)
 
     def ordered_machines(self) -> Iterator[str]:
         """Ready, schedulable machines, best score first. Do not mutate while iterating."""
@@ -280,43 +340,47 @@ class ClusterState:
         return self.bind(name, "")
 
     def _account(self, inst: InstanceView, sign: int = 1) -> None:
-        m = inst.machine
-        unit = self.units.get(inst.unit)
-        self.count[m] += sign
-        on = self.units_on.setdefault(m, Counter())
-        on[inst.unit] += sign
-        if on[inst.unit] <= 0:
-            del on[inst.unit]
-        of = self.machines_of.get(inst.unit)
+        """Add (``sign`` 1) or take off (-1) one bound instance in every index. On the hot path of
+        every binding: plain ``get``s and no throwaway Counters (``Counter()`` is a Python call)."""
+        m, name = inst.machine, inst.unit
+        unit = self.units.get(name)
+        self.count[m] = self.count.get(m, 0) + sign
+        on = self.units_on.get(m)
+        if on is None:
+            on = self.units_on[m] = Counter()
+        _add(on, name, sign)
+        of = self.machines_of.get(name)
         if of is None:  # a unit name never bound before: someone's globs may match it
-            of = self.machines_of[inst.unit] = Counter()
+            of = self.machines_of[name] = Counter()
             self._partners.clear()
-        before = of[m]
-        of[m] += sign
-        if of[m] <= 0:
-            del of[m]
-        levels = self.unit_levels.setdefault(inst.unit, Counter())
+        before = of.get(m, 0)
+        after = before + sign
+        _add(of, m, sign)
+        levels = self.unit_levels.get(name)
+        if levels is None:
+            levels = self.unit_levels[name] = Counter()
         if before:
-            levels[before] -= 1
-            if levels[before] <= 0:
-                del levels[before]
-        if before + sign:
-            levels[before + sign] += 1
+            _add(levels, before, -1)
+        if after:
+            levels[after] = levels.get(after, 0) + 1
         if unit is not None:
             if unit.cpu:
                 self.used_cpu[m] = self.used_cpu.get(m, 0.0) + sign * unit.cpu
             if unit.memory_mb:
                 self.used_memory[m] = self.used_memory.get(m, 0.0) + sign * unit.memory_mb
             if unit.host_ports:
-                ports = self.ports_on.setdefault(m, Counter())
+                ports = self.ports_on.get(m)
+                if ports is None:
+                    ports = self.ports_on[m] = Counter()
                 for hp in unit.host_ports:
-                    ports[hp] += sign
-                    if ports[hp] <= 0:
-                        del ports[hp]
+                    _add(ports, hp, sign)
         if m in self._keys:
-            if not before or not before + sign:  # the unit arrived on or left a schedulable machine
-                self.schedulable_hosts[inst.unit] += 1 if before == 0 else -1
-            self._reorder(m, rekey=True)
+            if not before or not after:  # the unit arrived on or left a schedulable machine
+                self.schedulable_hosts[name] += 1 if before == 0 else -1
+            if self._rekey_later is None:
+                self._reorder(m, rekey=True)
+            else:
+                self._rekey_later.add(m)
 
     def _unaccount(self, inst: InstanceView) -> None:
         self._account(inst, -1)

@@ -72,6 +72,10 @@ _CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.initial_reconnect_backoff_ms": 100,
     "grpc.min_reconnect_backoff_ms": 100,
     "grpc.max_reconnect_backoff_ms": 1_000,
+    # a watch that catches up (after a stall or a resume) gets up to 1,000 revisions in one message,
+    # and a bulk create puts 128 keys in each: far over gRPC's default 4 MiB receive limit, which
+    # killed the shared watch stream over and over (every resume asked for the same batch again)
+    "grpc.max_receive_message_length": -1,
 }
 
 _MAX_TOKEN_RENEWALS = 3  # per request: a fresh token that is refused again is not a stale token

@@ -8,6 +8,7 @@ gets a fresh store: a new MemoryStore, or an EtcdStore under a prefix no other t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -100,6 +101,23 @@ async def test_create_many_writes_all_or_nothing(backend: Backend) -> None:
     assert await s.get("i/d") is None  # nothing of a refused batch is written
     kv = await s.get("i/b")
     assert kv is not None and kv.value == b"B"
+
+
+async def test_a_watch_catches_up_over_many_bulk_writes(backend: Backend) -> None:
+    """A watch started from before 64 bulk writes of 128 keys gets every event. etcd sends a watch
+    that catches up up to 1,000 revisions in one message (here ~8.6 MB, over gRPC's default
+    4 MiB receive limit, which broke the stream on every resume: the leader's own bulk creates
+    could stop its watch caches for good)."""
+    s = backend.store
+    start = await s.create("w/start", b"x")
+    value = b"v" * 1000
+    for batch in range(64):
+        await s.create_many([(f"w/{batch:02}-{i:03}", value) for i in range(128)])
+    seen: list[str] = []
+    async with contextlib.aclosing(s.watch("w/", start_revision=start + 1)) as events:
+        while len(seen) < 64 * 128:
+            seen.append((await next_event(events, within=10)).kv.key)
+    assert seen == [f"w/{batch:02}-{i:03}" for batch in range(64) for i in range(128)]
 
 
 async def test_update_compares_mod_revision(backend: Backend) -> None:
