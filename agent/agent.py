@@ -41,6 +41,7 @@ from controlplane.client import Client
 from controlplane.errors import Conflict, CPError, NotFound
 from controlplane.mirror import mirror
 from controlplane.model import DEFAULT_PROXY_IMAGE, Instance, InstanceStatus
+from controlplane.timeline import mark
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
@@ -184,8 +185,12 @@ class Agent:
             self.client, "instances", self.instances,
             field_selector=f"spec.machine={self.config.machine}",
             keep=lambda obj: (obj.get("spec") or {}).get("machine") == self.config.machine,
-            on_listed=self.listed.set, on_change=self.wake.set,
+            on_listed=self.listed.set, on_change=self._instances_changed,
         )
+
+    def _instances_changed(self) -> None:
+        mark("agent.watch.change", len(self.instances))
+        self.wake.set()
 
     def desired(self) -> list[DesiredInstance]:
         if self.fenced:
@@ -211,11 +216,13 @@ class Agent:
             self.wake.clear()
             requeue: float | None = None
             started = time.perf_counter()
+            mark("agent.sync.start")
             try:
                 result = await self.executor.sync(self.desired())
                 self.metrics.observe_containers(c.state for c in self.executor.last_listed)
                 requeue = result.requeue_after
                 await self.report_unless_fenced(result.statuses)
+                mark("agent.sync.done", f"actions={len(result.actions)}")
                 self.metrics.sync_seconds.observe(time.perf_counter() - started)
                 self.synced_once.set()
             except HostKeyRefused:
@@ -295,7 +302,9 @@ class Agent:
 
     async def _put_status(self, name: str, status: InstanceStatus) -> None:
         try:
+            mark("agent.status.put", name, status.get("phase", ""), status.get("ready", ""))
             await self.client.put_status("instances", name, {"metadata": {"name": name}, "status": status})
+            mark("agent.status.written", name)
             self.reported[name] = status
             if name in self.instances:  # what the API holds now, until its watch says otherwise
                 self.instances[name] = {**self.instances[name], "status": dict(status)}

@@ -45,6 +45,7 @@ from agent.runtime.base import (
     RuntimeUnavailable,
 )
 from agent.secretenv import Scrubber, SecretConfigError, SecretSource
+from controlplane.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,9 @@ class Executor:
         try:
             await self._ensure_image(d)
             log.info("create %s: %s", d.name, action.reason)
+            mark("agent.container.create", d.name)
             container = await self.runtime.create_and_start(self.container_spec(d, secret_env=secret_env))
+            mark("agent.container.started", d.name)
         except (ImagePullError, ImageNotFound) as err:
             message = str(err) if isinstance(err, ImagePullError) else f"image {d.image!r} is missing: {err}"
             return self._status(d, None, phase="Failed", reason="ImagePullFailed", message=message), None

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from controlplane.errors import NotFound
 from controlplane.model import template_of
+from controlplane.timeline import mark
 
 from .common import WaitTimeout, ref
 from .rest import RestClient
@@ -194,6 +195,7 @@ def wait_for_units(api: RestClient, names: list[str], *, timeout: float, display
             progress = [unit_state(api, name) for name in names]
             display.update(progress)
             if all(p.done for p in progress):
+                mark("cpctl.wait.done")
                 return
             if time.monotonic() >= deadline:
                 break
