@@ -34,12 +34,13 @@ from controlplane.model import PRESENCE_RESOURCE, event_object, now_rfc3339
 from controlplane.registry import Registry
 from controlplane.store.base import Store
 from controlplane.tasks import guarded
+from controlplane.timeline import mark
 from controlplane.watchcache import CacheEvent, WatchCache
 
 log = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 128
 RESYNC_SECONDS = 5.0
-DEBOUNCE_SECONDS = 0.05
+DEBOUNCE_SECONDS = 0.05  # at least this long between the end of one pass and the start of the next
 EVENT_MAX_AGE_SECONDS = 3600.0
 DEFAULT_LEADER_TTL = 5
 # the object changed under the plan: the next pass plans from the new state
@@ -82,6 +83,8 @@ class Controllers:
         self.metrics.leader_changes.inc()
 
     def _on_cache_event(self, _event: CacheEvent) -> None:
+        if not self.wake.is_set():
+            mark("controllers.woken", _event.type, (_event.object.get("metadata") or {}).get("name", ""))
         self.wake.set()
 
     async def lead(self, lost: asyncio.Event) -> None:
@@ -126,9 +129,12 @@ class Controllers:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.05
+            ended = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=RESYNC_SECONDS)
-            await asyncio.sleep(DEBOUNCE_SECONDS)
+            delay = debounce_delay(time.monotonic() - ended)
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def reconcile_once(self) -> ClusterPlan:
         reg = self.registry
@@ -139,7 +145,10 @@ class Controllers:
         )
         self.passes += 1
         self._record(plan)
+        mark("controllers.pass.planned", f"writes={len(plan.writes)}",
+             f"creates={len(plan.of(WriteOp.CREATE_INSTANCE))}")
         self.failed_writes = await self.apply(plan)
+        mark("controllers.pass.applied")
         self.metrics.schedule_seconds.observe(time.perf_counter() - started)
         self._gc_events()
         return plan
@@ -268,6 +277,14 @@ class Controllers:
         for event in self.registry.objects("events")[:500]:
             if last_seen(event) < cutoff:
                 self._background(self.registry.delete("events", event["metadata"]["name"]), "expired event")
+
+
+def debounce_delay(since_last_pass: float) -> float:
+    """Pure: how long a woken loop waits before its pass, ``since_last_pass`` seconds after the last
+    one ended. A burst of changes (or one arriving during a pass) still makes one pass per
+    ``DEBOUNCE_SECONDS``; a change after a quiet spell (a new unit) is planned at once instead of
+    ``DEBOUNCE_SECONDS`` later."""
+    return max(0.0, DEBOUNCE_SECONDS - since_last_pass)
 
 
 def _set_failure(failure: WriteFailure | None) -> Change:
