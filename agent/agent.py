@@ -98,6 +98,8 @@ class Agent:
         self.registered = asyncio.Event()
         self.log_signing_keys: list[object] = []  # from heartbeat replies: what the log endpoint trusts
         self.synced_once = asyncio.Event()
+        self.ready_changed: set[str] = set()  # instances whose readiness flipped since the last sync
+        self.synced_specs: dict[str, Any] = {}  # instance -> its spec as the last sync planned it
 
     # ---- heartbeat and fencing ----
     @property
@@ -215,9 +217,11 @@ class Agent:
         while True:
             self.wake.clear()
             requeue: float | None = None
-            started = time.perf_counter()
-            mark("agent.sync.start")
             try:
+                await self.report_readiness()
+                started = time.perf_counter()
+                mark("agent.sync.start")
+                self.synced_specs = {name: inst.get("spec") for name, inst in self.instances.items()}
                 result = await self.executor.sync(self.desired())
                 self.metrics.observe_containers(c.state for c in self.executor.last_listed)
                 requeue = result.requeue_after
@@ -238,6 +242,23 @@ class Agent:
             timeout = RESYNC_SECONDS if requeue is None else max(min(requeue, RESYNC_SECONDS), 0.05)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+
+    async def report_readiness(self) -> None:
+        """Before a sync, the status of each instance whose probe flipped since the last one, as that
+        sync saw its container: an instance turning ready is reported without waiting for the
+        containers to be listed and inspected again (the sync that follows does that, and writes
+        again only what differs). Not for an instance whose spec changed since: the sync decides."""
+        names = [n for n in self.ready_changed
+                 if n in self.synced_specs and (self.instances.get(n) or {}).get("spec") == self.synced_specs[n]]
+        self.ready_changed.clear()
+        statuses = self.executor.readiness_statuses(names)
+        if statuses:
+            mark("agent.readiness.report", *statuses)
+            await self.report_unless_fenced(statuses)
+
+    def _readiness_flipped(self, names: Sequence[str]) -> None:
+        self.ready_changed.update(names)
+        self.wake.set()
 
     async def report_unless_fenced(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         """``report``, abandoned when the machine fences meanwhile: a status write to an API that
@@ -327,7 +348,7 @@ class Agent:
             self.wake.set()  # what happened while the stream was down went unheard: look again
 
     async def prober_loop(self) -> None:
-        await self.prober.run(on_change=lambda _names: self.wake.set())
+        await self.prober.run(on_change=self._readiness_flipped)
 
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [

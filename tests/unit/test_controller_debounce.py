@@ -35,7 +35,7 @@ async def registry() -> AsyncIterator[Registry]:
 
 async def _until(check: object, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while not check():  # type: ignore[operator]
+        while not check():  # type: ignore[operator]  # noqa: ASYNC110 -- polling a counter
             await asyncio.sleep(0.001)
 
 
