@@ -40,7 +40,7 @@ from controlplane.watchcache import CacheEvent, WatchCache
 log = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 128
 RESYNC_SECONDS = 5.0
-DEBOUNCE_SECONDS = 0.05  # at least this long between the end of one pass and the start of the next
+DEBOUNCE_SECONDS = 0.05  # between the end of one pass and the start of the next (see skips_debounce)
 EVENT_MAX_AGE_SECONDS = 3600.0
 DEFAULT_LEADER_TTL = 5
 # the object changed under the plan: the next pass plans from the new state
@@ -65,6 +65,7 @@ class Controllers:
         self.identity = identity
         self.ttl = ttl
         self.wake = asyncio.Event()
+        self.new_work = False  # a unit was created or respecified since the last pass began
         # which machines are present: the keys presence/<machine> that heartbeats keep on leases;
         # a DELETE (lease expired) wakes the pass at once, so failover takes the TTL, not a poll
         self.presence = WatchCache(store, PRESENCE_RESOURCE)
@@ -82,9 +83,10 @@ class Controllers:
         self.metrics.is_leader.set(1 if leading else 0)
         self.metrics.leader_changes.inc()
 
-    def _on_cache_event(self, _event: CacheEvent) -> None:
+    def _on_cache_event(self, event: CacheEvent) -> None:
         if not self.wake.is_set():
-            mark("controllers.woken", _event.type, (_event.object.get("metadata") or {}).get("name", ""))
+            mark("controllers.woken", event.type, (event.object.get("metadata") or {}).get("name", ""))
+        self.new_work = self.new_work or is_new_work(event)
         self.wake.set()
 
     async def lead(self, lost: asyncio.Event) -> None:
@@ -112,10 +114,12 @@ class Controllers:
 
     async def _loop(self) -> None:
         backoff = 0.05
+        skipped = False  # the pass about to run skipped the debounce
         while True:
             self.wake.clear()
+            self.new_work = False
             try:
-                await self.reconcile_once()
+                settled = not (await self.reconcile_once()).writes
                 failed = self.failed_writes > 0
                 if failed:
                     log.warning("%d writes of the last pass failed; retrying in %.2f s", self.failed_writes, backoff)
@@ -133,7 +137,8 @@ class Controllers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=RESYNC_SECONDS)
             delay = debounce_delay(time.monotonic() - ended)
-            if delay > 0:
+            skipped = delay > 0 and skips_debounce(settled=settled, new_work=self.new_work, skipped_last=skipped)
+            if delay > 0 and not skipped:
                 await asyncio.sleep(delay)
 
     async def reconcile_once(self) -> ClusterPlan:
@@ -285,6 +290,25 @@ def debounce_delay(since_last_pass: float) -> float:
     ``DEBOUNCE_SECONDS``; a change after a quiet spell (a new unit) is planned at once instead of
     ``DEBOUNCE_SECONDS`` later."""
     return max(0.0, DEBOUNCE_SECONDS - since_last_pass)
+
+
+def skips_debounce(*, settled: bool, new_work: bool, skipped_last: bool) -> bool:
+    """Pure: whether a pass runs at once though the last one ended less than DEBOUNCE_SECONDS ago:
+    when a unit was created or respecified (``new_work``, what a user waits for) after a pass that
+    wrote nothing (``settled``: the cluster had converged, and that pass was the check that
+    follows every pass with writes). Never two such passes in a row, so a stream of changes still
+    makes at most two passes per DEBOUNCE_SECONDS."""
+    return settled and new_work and not skipped_last
+
+
+def is_new_work(event: CacheEvent) -> bool:
+    """Pure: a unit created, or given a new spec (its generation changed), by this cache event."""
+    if event.type == "DELETED" or event.object.get("kind") != "Unit":
+        return False
+    if event.type == "ADDED" or event.previous is None:
+        return True
+    generation = (event.object.get("metadata") or {}).get("generation")
+    return generation != (event.previous.get("metadata") or {}).get("generation")
 
 
 def _set_failure(failure: WriteFailure | None) -> Change:
