@@ -184,9 +184,9 @@ async def create_object(request: web.Request) -> web.Response:
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
-    mark("api.create.received", resource, obj["metadata"]["name"])
+    mark("api.create.received", resource, (obj.get("metadata") or {}).get("name", ""))
     created = await request.app[REGISTRY].create(resource, obj, dry_run=dry_run)
-    mark("api.create.stored", resource, obj["metadata"]["name"])
+    mark("api.create.stored", resource, created["metadata"]["name"])
     return json_response(created, status=201)
 
 

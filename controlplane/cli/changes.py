@@ -10,8 +10,9 @@ polls again at once. The polls stay as they were, so a watch that cannot be open
 ends (its server gone, a 410, the wait's deadline) only costs the old latency, never a change
 seen late or missed, and no error of a watch is ever shown.
 
-The watch is a shortcut, not the judge: it wakes at most ``MAX_WATCHED_UNITS`` units' worth of
-threads, and two polls woken by it are at least ``MIN_POLL_GAP`` seconds apart.
+The watch is a shortcut, not the judge: it follows at most ``MAX_WATCHED_UNITS`` units (a wait
+for more is left to its polls), and a poll it wakes comes at least ``MIN_POLL_GAP`` seconds after
+the one before.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
+from controlplane import timeline
 from controlplane.controllers.cluster import ClusterPlan, EventNote, Write, WriteOp, plan_cluster
 from controlplane.controllers.failures import PERMANENT, WriteFailure, failure_of, with_failure
 from controlplane.controllers.leader import campaign_forever
@@ -34,7 +35,6 @@ from controlplane.model import PRESENCE_RESOURCE, event_object, now_rfc3339
 from controlplane.registry import Registry
 from controlplane.store.base import Store
 from controlplane.tasks import guarded
-from controlplane.timeline import mark
 from controlplane.watchcache import CacheEvent, WatchCache
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Controllers:
 
     def _on_cache_event(self, event: CacheEvent) -> None:
         if not self.wake.is_set():
-            mark("controllers.woken", event.type, (event.object.get("metadata") or {}).get("name", ""))
+            timeline.mark("controllers.woken", event.type, (event.object.get("metadata") or {}).get("name", ""))
         self.new_work = self.new_work or is_new_work(event)
         self.wake.set()
 
@@ -150,10 +150,11 @@ class Controllers:
         )
         self.passes += 1
         self._record(plan)
-        mark("controllers.pass.planned", f"writes={len(plan.writes)}",
-             f"creates={len(plan.of(WriteOp.CREATE_INSTANCE))}")
+        if timeline.ENABLED:
+            timeline.mark("controllers.pass.planned", f"writes={len(plan.writes)}",
+                          f"creates={len(plan.of(WriteOp.CREATE_INSTANCE))}")
         self.failed_writes = await self.apply(plan)
-        mark("controllers.pass.applied")
+        timeline.mark("controllers.pass.applied")
         self.metrics.schedule_seconds.observe(time.perf_counter() - started)
         self._gc_events()
         return plan
