@@ -41,6 +41,7 @@ from controlplane.client import Client
 from controlplane.errors import Conflict, CPError, NotFound
 from controlplane.mirror import mirror
 from controlplane.model import DEFAULT_PROXY_IMAGE, Instance, InstanceStatus
+from controlplane.timeline import mark
 
 log = logging.getLogger("cp-agent")
 RESYNC_SECONDS = 5.0
@@ -113,6 +114,8 @@ class Agent:
         self.registered = asyncio.Event()
         self.log_signing_keys: list[object] = []  # from heartbeat replies: what the log endpoint trusts
         self.synced_once = asyncio.Event()
+        self.ready_changed: set[str] = set()  # instances whose readiness flipped since the last sync
+        self.synced_specs: dict[str, Any] = {}  # instance -> its spec as the last sync planned it
 
     # ---- heartbeat and fencing ----
     @property
@@ -202,8 +205,12 @@ class Agent:
             self.client, "instances", self.instances,
             field_selector=f"spec.machine={self.config.machine}",
             keep=lambda obj: (obj.get("spec") or {}).get("machine") == self.config.machine,
-            on_listed=self.listed.set, on_change=self.wake.set,
+            on_listed=self.listed.set, on_change=self._instances_changed,
         )
+
+    def _instances_changed(self) -> None:
+        mark("agent.watch.change", len(self.instances))
+        self.wake.set()
 
     def desired(self) -> list[DesiredInstance]:
         if self.fenced:
@@ -228,12 +235,16 @@ class Agent:
         while True:
             self.wake.clear()
             requeue: float | None = None
-            started = time.perf_counter()
             try:
+                await self.report_readiness()
+                started = time.perf_counter()
+                mark("agent.sync.start")
+                self.synced_specs = {name: inst.get("spec") for name, inst in self.instances.items()}
                 result = await self.executor.sync(self.desired())
                 self.metrics.observe_containers(c.state for c in self.executor.last_listed)
                 requeue = result.requeue_after
                 await self.report_unless_fenced(result.statuses)
+                mark("agent.sync.done", f"actions={len(result.actions)}")
                 self.metrics.sync_seconds.observe(time.perf_counter() - started)
                 self.synced_once.set()
             except HostKeyRefused:
@@ -249,6 +260,23 @@ class Agent:
             timeout = RESYNC_SECONDS if requeue is None else max(min(requeue, RESYNC_SECONDS), 0.05)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
+
+    async def report_readiness(self) -> None:
+        """Before a sync, the status of each instance whose probe flipped since the last one, as that
+        sync saw its container: an instance turning ready is reported without waiting for the
+        containers to be listed and inspected again (the sync that follows does that, and writes
+        again only what differs). Not for an instance whose spec changed since: the sync decides."""
+        names = [n for n in self.ready_changed
+                 if n in self.synced_specs and (self.instances.get(n) or {}).get("spec") == self.synced_specs[n]]
+        self.ready_changed.clear()
+        statuses = self.executor.readiness_statuses(names)
+        if statuses:
+            mark("agent.readiness.report", *statuses)
+            await self.report_unless_fenced(statuses)
+
+    def _readiness_flipped(self, names: Sequence[str]) -> None:
+        self.ready_changed.update(names)
+        self.wake.set()
 
     async def report_unless_fenced(self, statuses: Mapping[str, Mapping[str, Any]]) -> None:
         """``report``, abandoned when the machine fences meanwhile: a status write to an API that
@@ -313,7 +341,9 @@ class Agent:
 
     async def _put_status(self, name: str, status: InstanceStatus) -> None:
         try:
+            mark("agent.status.put", name, status.get("phase", ""), status.get("ready", ""))
             await self.client.put_status("instances", name, {"metadata": {"name": name}, "status": status})
+            mark("agent.status.written", name)
             self.reported[name] = status
             if name in self.instances:  # what the API holds now, until its watch says otherwise
                 self.instances[name] = {**self.instances[name], "status": dict(status)}
@@ -336,7 +366,7 @@ class Agent:
             self.wake.set()  # what happened while the stream was down went unheard: look again
 
     async def prober_loop(self) -> None:
-        await self.prober.run(on_change=lambda _names: self.wake.set())
+        await self.prober.run(on_change=self._readiness_flipped)
 
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [

@@ -45,6 +45,7 @@ from agent.runtime.base import (
     RuntimeUnavailable,
 )
 from agent.secretenv import Scrubber, SecretConfigError, SecretSource
+from controlplane.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Executor:
         self.config_waits: dict[str, ConfigWait] = {}
         self.last_listed: list[Container] = []  # this machine's containers at the last sync (metrics)
         self.ready_told: dict[str, str] = {}  # instance -> the container whose Ready was told
+        self.last_running: dict[str, tuple[DesiredInstance, Container]] = {}  # as the last sync saw them
 
     async def sync(self, desired: Sequence[DesiredInstance]) -> SyncResult:
         """List this machine's containers, plan, apply. Raises RuntimeUnavailable when the engine
@@ -160,17 +162,30 @@ class Executor:
             self.prober.update(self._probe_targets(running))
             for name, (desired, container) in running.items():
                 result.statuses[name] = self._running_status(desired, container)
+        self.last_running = running
         for name, status in result.statuses.items():
             self._tell_ready(name, status)
         return result
+
+    def readiness_statuses(self, names: Sequence[str]) -> dict[str, Status]:
+        """The statuses of probed ``names`` whose container the last sync saw running, with their
+        probes' new verdicts, without listing the containers again (the next sync checks it all)."""
+        statuses: dict[str, Status] = {}
+        for name in names:
+            seen = self.last_running.get(name)
+            target = self.prober.targets.get(name) if self.prober is not None else None
+            if seen is None or target is None or target.container_id != seen[1].id:
+                continue
+            statuses[name] = self._running_status(*seen)
+            self._tell_ready(name, statuses[name])
+        return statuses
 
     def _event(self, instance: str, reason: str, message: str) -> None:
         if self.on_event is not None:
             self.on_event(instance, reason, message)
 
     def _tell_ready(self, name: str, status: Status) -> None:
-        """A Ready Event the first time each container of ``name`` is reported ready (again after
-        it was not)."""
+        """A Ready Event the first time each container of ``name`` is reported ready (again after not)."""
         container = str(status.get("containerID") or "")
         if not (status.get("ready") and container):
             self.ready_told.pop(name, None)
@@ -240,7 +255,9 @@ class Executor:
         try:
             await self._ensure_image(d)
             log.info("create %s: %s", d.name, action.reason)
+            mark("agent.container.create", d.name)
             container = await self.runtime.create_and_start(self.container_spec(d, secret_env=secret_env))
+            mark("agent.container.started", d.name)
         except (ImagePullError, ImageNotFound) as err:
             message = str(err) if isinstance(err, ImagePullError) else f"image {d.image!r} is missing: {err}"
             return self._status(d, None, phase="Failed", reason="ImagePullFailed", message=message), None

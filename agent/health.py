@@ -19,6 +19,7 @@ from typing import Any, Literal
 import aiohttp
 
 from agent.runtime.base import Runtime, RuntimeFailure
+from controlplane.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,7 @@ class Prober:
             before = self.states.get(name, ProbeState())
             after = before.record(result, failure_threshold=target.spec.failure_threshold)
             self.states[name] = after
+            mark("agent.probe", name, "ok" if result.ok else "fail")
             period = target.spec.period
             if not after.ever_ready and now - self._added.get(name, now) < STARTUP_WINDOW:
                 period = min(period, STARTUP_PERIOD)

@@ -193,13 +193,15 @@ class DockerRuntime:
         summaries = await self._json(
             "containers/json", params={"all": "1", "filters": json.dumps({"label": labels})}
         )
-        containers: list[Container] = []
-        for summary in summaries:
-            try:
-                containers.append(await self.inspect(summary["Id"]))
-            except ContainerNotFound:
-                continue  # removed between list and inspect
-        return containers
+        # inspected at once, not one after the other: a sync (and so a create) waited for N round trips
+        inspected = await asyncio.gather(*(self._inspect_or_none(summary["Id"]) for summary in summaries))
+        return [c for c in inspected if c is not None]
+
+    async def _inspect_or_none(self, container_id: str) -> Container | None:
+        try:
+            return await self.inspect(container_id)
+        except ContainerNotFound:
+            return None  # removed between list and inspect
 
     async def inspect(self, container_id: str) -> Container:
         return container_from_inspect(await self._json(f"containers/{container_id}/json"))

@@ -35,6 +35,7 @@ from controlplane.model import API_VERSION, HAS_STATUS, MAX_SAFE_INTEGER, RESOUR
 from controlplane.registry import not_found
 from controlplane.schema_errors import invalid_from
 from controlplane.schemas import ScaleSchema, load_object, load_status
+from controlplane.timeline import mark
 
 NODE_EVENT_LIMITER = web.AppKey("node_event_limiter", NodeEventLimiter)
 RECENT_BINDINGS = web.AppKey("recent_bindings", RecentBindings)
@@ -183,7 +184,9 @@ async def create_object(request: web.Request) -> web.Response:
     status = _initial_status(kind)
     if status is not None:
         obj["status"] = status
+    mark("api.create.received", resource, (obj.get("metadata") or {}).get("name", ""))
     created = await request.app[REGISTRY].create(resource, obj, dry_run=dry_run)
+    mark("api.create.stored", resource, created["metadata"]["name"])
     return json_response(created, status=201)
 
 
@@ -278,7 +281,9 @@ async def put_status(request: web.Request) -> web.Response:
         machine = registry.find("machines", user.machine) or {}
         check_node_instance_address(user, name, status["address"], (machine.get("status") or {}).get("address", ""))
     expected = (body.get("metadata") or {}).get("resourceVersion") or None
-    return json_response(await registry.update_status(resource, name, status, expected_rv=expected))
+    written = await registry.update_status(resource, name, status, expected_rv=expected)
+    mark("api.status.stored", resource, name, status.get("phase", ""), status.get("ready", ""))
+    return json_response(written)
 
 
 def _scale_of(unit: dict[str, Any]) -> dict[str, Any]:

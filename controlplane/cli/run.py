@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from controlplane.model import API_VERSION, DEFAULT_PROTOCOL, DEFAULT_PROXY_PORT, RESTART_POLICIES, SPREADS
+from controlplane.timeline import mark
 
 from .common import call, ref
 from .config import connection_options
@@ -248,7 +249,9 @@ def run_command(name: str, command: tuple[str, ...], wait: bool, timeout: float,
         return
 
     def go(api: RestClient) -> None:
+        mark("cpctl.post", name)
         api.create("units", unit, dry_run=dry_run != NONE)
+        mark("cpctl.created", name)
         echo(f"{ref('units', name)} created{dry_run_suffix(dry_run)}")
         if wait and dry_run == NONE:
             wait_for_units(api, [name], timeout=timeout)

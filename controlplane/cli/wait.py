@@ -5,7 +5,9 @@ desired count of a global unit is the instances that exist, once at least one do
 judgement is a pure function (``unit_progress``); the loop around it polls the API over one
 keep-alive connection (two cached reads per unit), which is cheap for one CLI and never misses a
 state: often while a container is most likely to become ready (every 25 ms, for one unit, during
-the first 3 s), then every 0.1 s (``poll_interval``). On a terminal the progress is drawn with
+the first 3 s), then every 0.1 s (``poll_interval``). Between polls a watch on the units'
+instances wakes it as soon as one changes (cli/changes.py), so it sees an instance turn ready a
+few ms after the API does instead of up to a poll later. On a terminal the progress is drawn with
 rich (imported only here, only then); otherwise a plain line is printed each time it changes. A missed goal raises ``CLIError`` with exit 3 and names, per instance that
 is not up, its phase and the scheduler's or agent's message.
 """
@@ -19,7 +21,9 @@ from typing import Any, Protocol
 
 from controlplane.errors import NotFound
 from controlplane.model import template_of
+from controlplane.timeline import mark
 
+from .changes import InstanceChanges, watch_instances
 from .common import WaitTimeout, ref
 from .rest import RestClient
 from .terminal import echo, safe_text
@@ -172,13 +176,15 @@ def make_display() -> Display:
     return RichDisplay() if sys.stdout.isatty() else PlainDisplay()
 
 
-def unit_state(api: RestClient, name: str) -> UnitProgress:
+def unit_state(api: RestClient, name: str) -> tuple[UnitProgress, str]:
+    """The unit's progress, and the resourceVersion its instances were listed at ("" when the
+    unit is gone)."""
     try:
         unit = api.get("units", name)
     except NotFound:
-        return UnitProgress(name=name, desired=0, ready=0, done=False, missing=True)
-    instances, _ = api.list_all("instances", field_selector=f"spec.unit={name}")
-    return unit_progress(unit, instances)
+        return UnitProgress(name=name, desired=0, ready=0, done=False, missing=True), ""
+    instances, revision = api.list_all("instances", field_selector=f"spec.unit={name}")
+    return unit_progress(unit, instances), revision
 
 
 def wait_for_units(api: RestClient, names: list[str], *, timeout: float, display: Display | None = None) -> None:
@@ -189,18 +195,26 @@ def wait_for_units(api: RestClient, names: list[str], *, timeout: float, display
     started = time.monotonic()
     deadline = started + timeout
     progress: list[UnitProgress] = []
+    changes: InstanceChanges | None = None
     try:
         while True:
-            progress = [unit_state(api, name) for name in names]
+            states = [unit_state(api, name) for name in names]
+            progress = [p for p, _ in states]
             display.update(progress)
             if all(p.done for p in progress):
+                mark("cpctl.wait.done")
                 return
             if time.monotonic() >= deadline:
                 break
             now = time.monotonic()
-            time.sleep(min(poll_interval(now - started, len(names)), max(0.0, deadline - now)))
+            if changes is None:  # from the first list's revisions: no change between is missed
+                changes = watch_instances(api, {n: rv for n, (_, rv) in zip(names, states, strict=True)},
+                                          seconds=deadline - now)
+            changes.wait(min(poll_interval(now - started, len(names)), max(0.0, deadline - now)))
     finally:
         display.close()
+        if changes is not None:
+            changes.close()
     undone = [p for p in progress if not p.done]
     raise WaitTimeout(
         f"timed out after {timeout:g}s waiting for " + ", ".join(ref("units", p.name) for p in undone),

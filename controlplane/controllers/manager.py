@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
+from controlplane import timeline
 from controlplane.controllers.cluster import ClusterPlan, EventNote, Write, WriteOp, plan_cluster
 from controlplane.controllers.failures import PERMANENT, WriteFailure, failure_of, with_failure
 from controlplane.controllers.leader import campaign_forever
@@ -39,7 +40,7 @@ from controlplane.watchcache import CacheEvent, WatchCache
 log = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 128
 RESYNC_SECONDS = 5.0
-DEBOUNCE_SECONDS = 0.05
+DEBOUNCE_SECONDS = 0.05  # between the end of one pass and the start of the next (see skips_debounce)
 EVENT_MAX_AGE_SECONDS = 3600.0
 DEFAULT_LEADER_TTL = 5
 # the object changed under the plan: the next pass plans from the new state
@@ -64,6 +65,7 @@ class Controllers:
         self.identity = identity
         self.ttl = ttl
         self.wake = asyncio.Event()
+        self.new_work = False  # a unit was created or respecified since the last pass began
         # which machines are present: the keys presence/<machine> that heartbeats keep on leases;
         # a DELETE (lease expired) wakes the pass at once, so failover takes the TTL, not a poll
         self.presence = WatchCache(store, PRESENCE_RESOURCE)
@@ -81,7 +83,10 @@ class Controllers:
         self.metrics.is_leader.set(1 if leading else 0)
         self.metrics.leader_changes.inc()
 
-    def _on_cache_event(self, _event: CacheEvent) -> None:
+    def _on_cache_event(self, event: CacheEvent) -> None:
+        if not self.wake.is_set():
+            timeline.mark("controllers.woken", event.type, (event.object.get("metadata") or {}).get("name", ""))
+        self.new_work = self.new_work or is_new_work(event)
         self.wake.set()
 
     async def lead(self, lost: asyncio.Event) -> None:
@@ -109,10 +114,12 @@ class Controllers:
 
     async def _loop(self) -> None:
         backoff = 0.05
+        skipped = False  # the pass about to run skipped the debounce
         while True:
             self.wake.clear()
+            self.new_work = False
             try:
-                await self.reconcile_once()
+                settled = not (await self.reconcile_once()).writes
                 failed = self.failed_writes > 0
                 if failed:
                     log.warning("%d writes of the last pass failed; retrying in %.2f s", self.failed_writes, backoff)
@@ -126,9 +133,13 @@ class Controllers:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.05
+            ended = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=RESYNC_SECONDS)
-            await asyncio.sleep(DEBOUNCE_SECONDS)
+            delay = debounce_delay(time.monotonic() - ended)
+            skipped = delay > 0 and skips_debounce(settled=settled, new_work=self.new_work, skipped_last=skipped)
+            if delay > 0 and not skipped:
+                await asyncio.sleep(delay)
 
     async def reconcile_once(self) -> ClusterPlan:
         reg = self.registry
@@ -139,7 +150,11 @@ class Controllers:
         )
         self.passes += 1
         self._record(plan)
+        if timeline.ENABLED:
+            timeline.mark("controllers.pass.planned", f"writes={len(plan.writes)}",
+                          f"creates={len(plan.of(WriteOp.CREATE_INSTANCE))}")
         self.failed_writes = await self.apply(plan)
+        timeline.mark("controllers.pass.applied")
         self.metrics.schedule_seconds.observe(time.perf_counter() - started)
         self._gc_events()
         return plan
@@ -268,6 +283,33 @@ class Controllers:
         for event in self.registry.objects("events")[:500]:
             if last_seen(event) < cutoff:
                 self._background(self.registry.delete("events", event["metadata"]["name"]), "expired event")
+
+
+def debounce_delay(since_last_pass: float) -> float:
+    """Pure: how long a woken loop waits before its pass, ``since_last_pass`` seconds after the last
+    one ended. A burst of changes (or one arriving during a pass) still makes one pass per
+    ``DEBOUNCE_SECONDS``; a change after a quiet spell (a new unit) is planned at once instead of
+    ``DEBOUNCE_SECONDS`` later."""
+    return max(0.0, DEBOUNCE_SECONDS - since_last_pass)
+
+
+def skips_debounce(*, settled: bool, new_work: bool, skipped_last: bool) -> bool:
+    """Pure: whether a pass runs at once though the last one ended less than DEBOUNCE_SECONDS ago:
+    when a unit was created or respecified (``new_work``, what a user waits for) after a pass that
+    wrote nothing (``settled``: the cluster had converged, and that pass was the check that
+    follows every pass with writes). Never two such passes in a row, so a stream of changes still
+    makes at most two passes per DEBOUNCE_SECONDS."""
+    return settled and new_work and not skipped_last
+
+
+def is_new_work(event: CacheEvent) -> bool:
+    """Pure: a unit created, or given a new spec (its generation changed), by this cache event."""
+    if event.type == "DELETED" or event.object.get("kind") != "Unit":
+        return False
+    if event.type == "ADDED" or event.previous is None:
+        return True
+    generation = (event.object.get("metadata") or {}).get("generation")
+    return generation != (event.previous.get("metadata") or {}).get("generation")
 
 
 def _set_failure(failure: WriteFailure | None) -> Change:
