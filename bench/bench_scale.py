@@ -202,12 +202,13 @@ async def steady(args: argparse.Namespace, api: ApiServer, hollows: Hollows, *,
     }
 
 
-def profile(args: argparse.Namespace, pid: int) -> subprocess.Popen[bytes] | None:
-    """py-spy on the API server for the steady window, with ``--profile FILE`` (raw folded stacks)."""
-    if not args.profile:
+def profile(args: argparse.Namespace, pid: int, *, phase: str = "steady",
+            seconds: float | None = None) -> subprocess.Popen[bytes] | None:
+    """py-spy on the API server for the ``--profile-phase`` window, with ``--profile FILE`` (raw folded stacks)."""
+    if not args.profile or args.profile_phase != phase:
         return None
     spy = Path(sys.executable).parent / "py-spy"
-    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(args.steady)), "-f", "raw",
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(seconds or args.steady)), "-f", "raw",
                              "-o", str(args.profile), "-r", "50"], stdout=subprocess.DEVNULL)
 
 
@@ -269,6 +270,9 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
                 save(args.json, result)  # the steady figures, kept even if a later phase never ends
             if result["bringUpSeconds"] is None:
                 return result
+            server_cpu = ProcSampler(api.proc.pid if api.proc else 0)
+            profile(args, server_cpu.pid, phase="schedule", seconds=20)
+            hollow_cpu = [ProcSampler(pid) for pid in hollows.pids()]
             result["scheduleSeconds"] = await schedule(args, client, watcher)
             if result["scheduleSeconds"] is not None:
                 print(f"schedule: {args.instances} instances bound and Running+ready in {result['scheduleSeconds']:.2f} s")
@@ -282,11 +286,19 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
             result["crashedAgents"] = end["crashed"]
             result["heartbeatAfterSteady"] = latency_summary(end["latencies"])
             result["heartbeatFailuresAfterSteady"] = end["failures"]
+            # who was short of CPU in the burst: the API server, or the hollow machines' own loops
+            result["afterSteadyLoad"] = load = {
+                "serverCpuPercent": 100 * server_cpu.cpu_seconds() / server_cpu.elapsed(),
+                "hollowCpuPercent": sum(100 * h.cpu_seconds() / h.elapsed() for h in hollow_cpu),
+                "hollowLoopLag": latency_summary(end["loopLags"]),
+            }
             if args.json:
                 save(args.json, result)
             after = result["heartbeatAfterSteady"]
             print(f"heartbeats during schedule+failover: p50 {1000 * after['p50']:.1f} ms, p99 {1000 * after['p99']:.1f}"
-                  f" ms, max {1000 * after['max']:.0f} ms, {end['failures']} failed")
+                  f" ms, max {1000 * after['max']:.0f} ms, {end['failures']} failed; API server CPU"
+                  f" {load['serverCpuPercent']:.0f} %, hollow processes CPU {load['hollowCpuPercent']:.0f} %, their"
+                  f" loop lag p99 {1000 * load['hollowLoopLag']['p99']:.1f} ms")
         finally:
             await watcher.close()
             hollows.stop()
@@ -330,7 +342,9 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=0.0, help="seconds over which the agents start (default N/100)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds the schedule may take")
     parser.add_argument("--bring-up-timeout", type=float, default=180.0)
-    parser.add_argument("--profile", type=Path, help="py-spy the API server in the steady window (folded stacks)")
+    parser.add_argument("--profile", type=Path, help="py-spy the API server (folded stacks) in --profile-phase")
+    parser.add_argument("--profile-phase", choices=["steady", "schedule"], default="steady",
+                        help="the steady window, or the first 20 s of the schedule")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="one more cp-apiserver argument (repeat), e.g. --server-arg=--max-requests-inflight=200")
     parser.add_argument("--json", type=Path, help="merge the result into this file, under the machine count")

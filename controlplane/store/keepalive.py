@@ -93,29 +93,41 @@ class KeepaliveStream:
                     waiter.set_exception(error)
 
     async def refresh(self, lease_id: int, *, timeout: float | None = None) -> Any:
-        """Keep ``lease_id`` alive once; etcd's reply (``TTL`` <= 0: the lease is gone)."""
+        """Keep ``lease_id`` alive once; etcd's reply (``TTL`` <= 0: the lease is gone).
+
+        Refreshes queue for the stream's one writer; each takes the stream that is live when its
+        turn comes (one dropped while it queued is opened again), so a stream dropped under load
+        does not fail every refresh queued behind it. Running out of time while queued fails only
+        this refresh; only a written refresh that etcd leaves unanswered drops the stream."""
         await self.client.connect()
-        call = self._stream()
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        # stays queued if we stop waiting: its reply, when it comes, must not go to a later waiter
-        self._pending.setdefault(lease_id, collections.deque()).append(waiter)
+        waiter: asyncio.Future[Any] | None = None
+        call: Any = None
         try:
             async with asyncio.timeout(timeout or getattr(self.client, "_timeout", None) or DEFAULT_TIMEOUT):
                 async with self._write_lock:
+                    call = self._stream()
+                    waiter = asyncio.get_running_loop().create_future()
+                    # stays queued if we stop waiting: its reply, when it comes, must not go to a later waiter
+                    self._pending.setdefault(lease_id, collections.deque()).append(waiter)
                     await call.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
                 return await asyncio.shield(waiter)
         except TimeoutError:
-            if self._call is call:
+            if waiter is not None and self._call is call:  # written, never answered: the stream is stuck
                 self._drop(aetcd_exceptions.ConnectionTimeoutError("no keepalive answer from etcd"))
             raise aetcd_exceptions.ConnectionTimeoutError(f"no keepalive answer for lease {lease_id:x}") from None
-        except rpc.AioRpcError as error:
-            translated = aetcd_error(error)
+        except (rpc.AioRpcError, asyncio.InvalidStateError) as error:
+            # InvalidStateError: the stream finished (etcd ended it) between our taking it and writing
+            translated = aetcd_error(error) if isinstance(error, rpc.AioRpcError) else \
+                aetcd_exceptions.ConnectionFailedError("the keepalive stream had ended")
             if self._call is call:
                 self._drop(translated)
             raise translated from error
         finally:
-            if not waiter.done():
-                waiter.cancel()
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.cancel()
+                elif not waiter.cancelled():
+                    waiter.exception()  # retrieved: failed with its stream after we stopped waiting
 
     def close(self) -> None:
         self._drop(aetcd_exceptions.ConnectionFailedError("the store is closed"))

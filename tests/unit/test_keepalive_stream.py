@@ -127,3 +127,92 @@ def test_a_new_auth_token_opens_a_new_stream() -> None:
         assert (await second).TTL == 5
 
     asyncio.run(scenario())
+
+
+class SlowCall(FakeCall):
+    """A stream whose writes take ``delay`` each and fail like grpc once it has finished."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def write(self, request: Any) -> None:
+        if self.cancelled:
+            raise asyncio.InvalidStateError("RPC already finished.")
+        await asyncio.sleep(self.delay)
+        await super().write(request)
+
+
+def test_refreshes_queued_behind_a_dropped_stream_go_on_the_new_one() -> None:
+    """Under load, refreshes queue for the writer; one of them times out unanswered and drops the
+    stream. Those still queued must write on a new stream (not on the finished RPC, which grpc
+    refuses with InvalidStateError: seen as 500s and a fence storm at 1,000 hollow machines)."""
+    async def scenario() -> None:
+        client = FakeClient()
+        client.leasestub = SimpleNamespace(LeaseKeepAlive=lambda *, metadata: _opened(client, SlowCall(0.01)))
+        stream = KeepaliveStream(client)  # type: ignore[arg-type]
+        stuck = asyncio.ensure_future(stream.refresh(1))  # never answered: times out after 0.2 s
+        queued = [asyncio.ensure_future(stream.refresh(n, timeout=2)) for n in range(2, 40)]
+        with pytest.raises(aetcd_exceptions.ConnectionTimeoutError):
+            await stuck
+        for _ in range(100):
+            if len(client.calls) == 2 and len(client.calls[1].written) + len(client.calls[0].written) == 39:
+                break
+            await asyncio.sleep(0.01)
+        # those written on the first stream before it was dropped fail with it; the rest are on the new one
+        first, second = client.calls
+        assert first.cancelled and second.written
+        for lease in second.written:
+            second.reply(lease, 5)
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        on_second = [r for r in results if not isinstance(r, BaseException)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(on_second) == len(second.written)
+        assert all(isinstance(e, aetcd_exceptions.ConnectionFailedError | aetcd_exceptions.ConnectionTimeoutError)
+                   for e in failed)
+        assert not any(isinstance(e, asyncio.InvalidStateError) for e in failed)
+
+    asyncio.run(scenario())
+
+
+def test_a_refresh_out_of_time_in_the_queue_does_not_drop_the_stream() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        client.leasestub = SimpleNamespace(LeaseKeepAlive=lambda *, metadata: _opened(client, SlowCall(0.3)))
+        stream = KeepaliveStream(client)  # type: ignore[arg-type]
+        writing = asyncio.ensure_future(stream.refresh(1, timeout=2))
+        await asyncio.sleep(0.01)
+        with pytest.raises(aetcd_exceptions.ConnectionTimeoutError):
+            await stream.refresh(2, timeout=0.1)  # still waiting for the writer when its time is up
+        await asyncio.sleep(0.3)
+        client.calls[0].reply(1, 5)
+        assert (await writing).TTL == 5
+        assert len(client.calls) == 1 and not client.calls[0].cancelled
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_finished_under_a_write_is_a_connection_failure() -> None:
+    async def scenario() -> None:
+        client = FakeClient()
+        stream = KeepaliveStream(client)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(stream.refresh(1))
+        await settle()
+        call = client.calls[0]
+
+        async def finished(request: Any) -> None:
+            raise asyncio.InvalidStateError("RPC already finished.")
+
+        call.write = finished  # type: ignore[method-assign]
+        with pytest.raises(aetcd_exceptions.ConnectionFailedError):
+            await stream.refresh(2)
+        assert call.cancelled  # dropped: the next refresh opens a new stream
+        with pytest.raises(aetcd_exceptions.ConnectionFailedError):
+            await first  # it waited on the dropped stream
+
+    asyncio.run(scenario())
+
+
+def _opened(client: FakeClient, call: FakeCall) -> FakeCall:
+    client.calls.append(call)
+    return call
