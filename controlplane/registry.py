@@ -31,6 +31,7 @@ from controlplane.errors import (
     PartialFailure,
     RequestEntityTooLarge,
 )
+from controlplane.group_commit import CreateGroup
 from controlplane.model import (
     API_VERSION,
     HAS_STATUS,
@@ -139,6 +140,9 @@ class Registry:
         self.caches = {resource: WatchCache(store, resource) for resource in RESOURCES}
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
         self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
+        # single creates grouped into one transaction while another is in flight (group_commit.py)
+        self._create_groups = {resource: CreateGroup(store, self._timed, max_ops=BULK_CREATE_BATCH,
+                                                     max_bytes=MAX_TXN_BYTES) for resource in RESOURCES}
 
     async def start(self) -> None:
         await asyncio.gather(*(cache.start() for cache in self.caches.values()))
@@ -213,8 +217,12 @@ class Registry:
             if self.find(resource, name) is not None:
                 raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name)
             return new
+        key, value = object_key(resource, name), encode(new)
         try:
-            revision = await self._timed("create", self.store.create(object_key(resource, name), encode(new), lease=lease))
+            if lease:
+                revision = await self._timed("create", self.store.create(key, value, lease=lease))
+            else:
+                revision = await self._create_groups[resource].create(key, value)
         except AlreadyExists as err:
             raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name) from err
         await self._settle(resource, revision)
