@@ -16,7 +16,6 @@ with one cause per refused field.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,12 +72,14 @@ def _spec_causes(spec: dict[str, Any], policy: AdmissionPolicy, prefix: str) -> 
 
 
 def admit(kind: str, obj: dict[str, Any], policy: AdmissionPolicy) -> dict[str, Any]:
-    """The object as it will be stored (a copy when anything is added), or Invalid."""
+    """The object as it will be stored, or Invalid. ``obj`` is left alone: what admission fills in
+    (top-level fields of the spec) goes into copies of the object and of that spec, which share
+    the rest with ``obj``."""
     if kind == "Unit" and isinstance(obj.get("spec"), dict):
-        obj = copy.deepcopy(obj)
+        obj = {**obj, "spec": dict(obj["spec"])}
         causes = _spec_causes(obj["spec"], policy, "spec")
     elif kind == "Instance" and isinstance((obj.get("spec") or {}).get("template"), dict):
-        obj = copy.deepcopy(obj)
+        obj = {**obj, "spec": {**obj["spec"], "template": dict(obj["spec"]["template"])}}
         causes = _spec_causes(obj["spec"]["template"], policy, "spec.template")
     else:
         return obj

@@ -87,6 +87,15 @@ class AlreadyExists(CPError):
     code, reason = 409, "AlreadyExists"
 
 
+class KeysExist(AlreadyExists):
+    """``Store.create_many`` refused because keys exist: ``keys`` are those it found existing
+    (empty when, looking after the refusal, it found none any more)."""
+
+    def __init__(self, message: str, *, keys: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 class Conflict(CPError):
     code, reason = 409, "Conflict"
 

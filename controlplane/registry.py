@@ -32,6 +32,7 @@ from controlplane.errors import (
     RequestEntityTooLarge,
 )
 from controlplane.events import event_about
+from controlplane.group_commit import CreateGroup, chunked
 from controlplane.model import (
     API_VERSION,
     HAS_STATUS,
@@ -102,23 +103,6 @@ MAX_TXN_BYTES = 1024 * 1024
 BULK_CREATE_BATCH = 128
 
 
-def _chunks(items: list[tuple[str, str, bytes]], count: int, size: int) -> list[list[tuple[str, str, bytes]]]:
-    """``items`` in order, cut so no chunk holds more than ``count`` items or ``size`` bytes (an item
-    larger than ``size`` alone is a chunk of its own, for etcd to judge)."""
-    chunks: list[list[tuple[str, str, bytes]]] = []
-    current: list[tuple[str, str, bytes]] = []
-    used = 0
-    for item in items:
-        if current and (len(current) >= count or used + len(item[2]) > size):
-            chunks.append(current)
-            current, used = [], 0
-        current.append(item)
-        used += len(item[2])
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def encode_continue(name: str, revision: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": name, "rv": revision}).encode()).decode()
 
@@ -141,6 +125,9 @@ class Registry:
                        for resource in RESOURCES}
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
         self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
+        # single creates grouped into one transaction while another is in flight (group_commit.py)
+        self._create_groups = {resource: CreateGroup(store, self._timed, max_ops=BULK_CREATE_BATCH,
+                                                     max_bytes=MAX_TXN_BYTES) for resource in RESOURCES}
 
     async def start(self) -> None:
         await asyncio.gather(*(cache.start() for cache in self.caches.values()))
@@ -219,8 +206,12 @@ class Registry:
             if self.find(resource, name) is not None:
                 raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name)
             return new
+        key, value = object_key(resource, name), encode(new)
         try:
-            revision = await self._timed("create", self.store.create(object_key(resource, name), encode(new), lease=lease))
+            if lease:
+                revision = await self._timed("create", self.store.create(key, value, lease=lease))
+            else:
+                revision = await self._create_groups[resource].create(key, value)
         except AlreadyExists as err:
             raise AlreadyExists(f'{resource} "{name}" already exists', kind=kind, name=name) from err
         await self._settle(resource, revision)
@@ -279,7 +270,7 @@ class Registry:
                 items.append((name, object_key(resource, name), encode(obj)))
             except Invalid as err:  # over the object size limit: this one fails, the others go on
                 failures[name] = err
-        await asyncio.gather(*(one_batch(chunk) for chunk in _chunks(items, batch, batch_bytes)))
+        await asyncio.gather(*(one_batch(chunk) for chunk in chunked(items, batch, batch_bytes)))
         if last:
             await self._settle(resource, last)
         if failures:

@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from controlplane.errors import Cause, Invalid
+from controlplane.fastload import REFUSED, fast_load, load_default
 from controlplane.model import (
     API_VERSION,
     DEFAULT_PROTOCOL,
@@ -98,7 +99,7 @@ class UnitSpecSchema(Strict):
     global_ = fields.Boolean(data_key="global", load_default=False)
     resources = fields.Nested(ResourcesSchema, load_default=lambda: {"cpu": 0.0, "memoryMB": 0})
     restartPolicy = fields.String(validate=validate.OneOf(RESTART_POLICIES), load_default=DEFAULT_RESTART_POLICY)
-    placement = fields.Nested(PlacementSchema, load_default=lambda: instance(PlacementSchema).load({}))
+    placement = fields.Nested(PlacementSchema, load_default=lambda: load_default(PlacementSchema))
     health = fields.Nested(HealthSchema)
     expose = fields.Nested(ExposeSchema)
     proxy = fields.Nested(ProxySchema)
@@ -240,9 +241,9 @@ def _object_schema(kind: str, spec: type[Schema] | None, status: type[Schema] | 
         "metadata": fields.Nested(ObjectMetaSchema, required=True),
     }
     if spec is not None:
-        attrs["spec"] = fields.Nested(spec, load_default=lambda: instance(spec).load({}))
+        attrs["spec"] = fields.Nested(spec, load_default=lambda: load_default(spec))
     if status is not None:
-        attrs["status"] = fields.Nested(status, load_default=lambda: instance(status).load({}))
+        attrs["status"] = fields.Nested(status, load_default=lambda: load_default(status))
     return type(f"{kind}Schema", (Strict,), attrs)
 
 
@@ -312,7 +313,7 @@ class TokenSchema(Strict):
     kind = fields.String(validate=validate.Equal("Token"), load_default="Token")
     metadata = fields.Nested(ObjectMetaSchema, required=True)
     spec = fields.Nested(TokenSpecSchema, required=True)
-    status = fields.Nested(TokenStatusSchema, load_default=lambda: instance(TokenStatusSchema).load({}))
+    status = fields.Nested(TokenStatusSchema, load_default=lambda: load_default(TokenStatusSchema))
 
 
 class ScaleSpecSchema(Strict):
@@ -354,10 +355,12 @@ def load_object(kind: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Invalid(f"{kind} must be a JSON object", kind=kind, causes=[Cause("<body>", "must be an object")])
     name = str((body.get("metadata") or {}).get("name", "")) if isinstance(body.get("metadata"), dict) else ""
-    try:
-        obj: dict[str, Any] = instance(SCHEMAS[kind]).load(body)
-    except ValidationError as err:
-        raise invalid_from(kind, name, err) from err
+    obj: dict[str, Any] = fast_load(SCHEMAS[kind], body)
+    if obj is REFUSED:  # not sure it is valid: marshmallow answers (and explains every refusal)
+        try:
+            obj = instance(SCHEMAS[kind]).load(body)
+        except ValidationError as err:
+            raise invalid_from(kind, name, err) from err
     if kind == "Unit" and len(name) > UNIT_NAME_MAX:
         message = f"a unit's name is at most {UNIT_NAME_MAX} characters, so that its instances' names fit"
         raise Invalid(f'Unit "{name}" is invalid: metadata.name: {message}', kind=kind, name=name,

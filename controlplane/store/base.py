@@ -51,8 +51,9 @@ class Store(Protocol):
         ...
 
     async def create_many(self, items: list[tuple[str, bytes]]) -> int:
-        """Create every key in one transaction, or none: AlreadyExists if any exists. Returns the
-        revision of the write. Callers keep batches at most 64 keys (etcd's --max-txn-ops is 128)."""
+        """Create every key in one transaction, or none: KeysExist (an AlreadyExists naming the keys
+        found) if any exists. Every key gets the one revision of the write, which it returns. Callers
+        keep batches at most 128 keys (etcd's --max-txn-ops)."""
         ...
 
     async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0,

@@ -38,6 +38,7 @@ from controlplane.errors import (
     AlreadyExists,
     BadRequest,
     Conflict,
+    KeysExist,
     NotFound,
 )
 from controlplane.store.base import KV, WatchEvent
@@ -196,11 +197,14 @@ class EtcdStore:
             _, responses = await self._txn(client, compare=[], success=[aetcd_get(full) for full, _ in fulls],
                                            failure=[])
             found = [_first_kv([r]) for r in responses]
-            # a retry after a failover finds our own earlier write: every key holds our value
-            if retrying and all(kv is not None and kv.value == value for kv, (_, value) in zip(found, fulls, strict=True)):
-                return max(int(kv.mod_revision) for kv in found)
-            taken = next((key for kv, (key, _) in zip(found, items, strict=True) if kv is not None), items[0][0])
-            raise AlreadyExists(f"key {taken!r} already exists")
+            # a retry after a failover finds our own earlier write: all or nothing, and each value is
+            # ours alone (it holds a uid), so one key holding its value means it landed
+            if retrying:
+                ours = [kv for kv, (_, value) in zip(found, fulls, strict=True) if kv is not None and kv.value == value]
+                if ours:
+                    return int(ours[0].mod_revision)
+            taken = tuple(key for kv, (key, _) in zip(found, items, strict=True) if kv is not None)
+            raise KeysExist(f"key {(taken or (items[0][0],))[0]!r} already exists", keys=taken)
 
         return await self._call(op)
 

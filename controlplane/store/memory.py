@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from controlplane.errors import AlreadyExists, BadRequest, Conflict, Gone, NotFound
+from controlplane.errors import AlreadyExists, BadRequest, Conflict, Gone, KeysExist, NotFound
 from controlplane.store.base import KV, WatchEvent
 
 
@@ -94,11 +94,13 @@ class MemoryStore:
         self._ensure_reaper()
         existing = [key for key, _ in items if key in self._data]
         if existing:
-            raise AlreadyExists(f"key {existing[0]!r} already exists")
-        revision = self._revision
+            raise KeysExist(f"key {existing[0]!r} already exists", keys=tuple(existing))
+        if not items:
+            return self._revision
+        self._revision += 1  # one transaction: every key gets its revision, as in etcd
         for key, value in items:
-            revision = self._write(key, value, 0)
-        return revision
+            self._write(key, value, 0, revision=self._revision)
+        return self._revision
 
     async def update(self, key: str, value: bytes, *, expected_revision: int, lease: int = 0,
                      also_put: tuple[tuple[str, bytes], ...] = ()) -> int:
@@ -209,9 +211,11 @@ class MemoryStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _write(self, key: str, value: bytes, lease: int) -> int:
-        self._revision += 1
-        rev = self._revision
+    def _write(self, key: str, value: bytes, lease: int, *, revision: int = 0) -> int:
+        """Write at ``revision`` (one already taken for a transaction), else at the next one."""
+        if not revision:
+            self._revision += 1
+        rev = revision or self._revision
         previous = self._data.get(key)
         if previous is not None and previous.lease and previous.lease in self._leases:
             self._leases[previous.lease].keys.discard(key)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from etcd_fixture import EtcdServer
 
-from controlplane.errors import AlreadyExists, Conflict, Gone, NotFound
+from controlplane.errors import AlreadyExists, Conflict, Gone, KeysExist, NotFound
 from controlplane.store import LeaseKeeper, MemoryStore, Store, WatchEvent, open_store
 from controlplane.store.etcd import EtcdStore
 
@@ -95,9 +95,10 @@ async def test_create_many_writes_all_or_nothing(backend: Backend) -> None:
     rev = await s.create_many([("i/a", b"A"), ("i/b", b"B"), ("i/c", b"C")])
     items, _ = await s.range("i/")
     assert [(kv.key, kv.value) for kv in items] == [("i/a", b"A"), ("i/b", b"B"), ("i/c", b"C")]
-    assert max(kv.mod_revision for kv in items) == rev
-    with pytest.raises(AlreadyExists):
+    assert [kv.mod_revision for kv in items] == [rev] * 3  # one transaction, one revision (etcd's rule)
+    with pytest.raises(AlreadyExists) as refused:
         await s.create_many([("i/d", b"D"), ("i/b", b"other")])
+    assert isinstance(refused.value, KeysExist) and refused.value.keys == ("i/b",)  # the keys found
     assert await s.get("i/d") is None  # nothing of a refused batch is written
     kv = await s.get("i/b")
     assert kv is not None and kv.value == b"B"

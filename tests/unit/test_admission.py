@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -74,3 +75,18 @@ def test_apply_compares_with_what_admission_filled() -> None:
     assert "image" not in local["spec"]
     mine = {**local, "spec": {**local["spec"], "pidsLimit": 64}}
     assert with_admitted_fields("Unit", mine, stored)["spec"]["pidsLimit"] == 64  # the file's own value wins
+
+
+def test_admission_leaves_its_input_alone() -> None:
+    web = unit(image="x")
+    before = copy.deepcopy(web)
+    assert admit("Unit", web, POLICY)["spec"]["pidsLimit"] == 512
+    assert web == before
+    inst = load_object("Instance", {"metadata": {"name": "i-0"},
+                                    "spec": {"unit": "i", "index": 0, "template": {"proxy": {"kind": "edge",
+                                                                                             "domain": "a.b"}}}})
+    before = copy.deepcopy(inst)
+    admitted = admit("Instance", inst, POLICY)
+    assert admitted["spec"]["template"]["image"] == POLICY.proxy_image
+    assert admitted["spec"]["template"]["pidsLimit"] == 512
+    assert inst == before

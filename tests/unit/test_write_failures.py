@@ -9,7 +9,7 @@ import pytest
 from controlplane.controllers.cluster import Write, WriteOp
 from controlplane.controllers.failures import WriteFailure, failure_of, unit_of, with_failure
 from controlplane.errors import RequestEntityTooLarge
-from controlplane.registry import _chunks
+from controlplane.group_commit import chunked
 
 FAIL = WriteFailure("web", "FailedCreate", "too large", "create_instance web-0 failed: too large")
 CONDITION = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "too large",
@@ -53,4 +53,4 @@ def test_failure_of_names_the_write_in_its_detail_and_keeps_the_condition_short(
 ])
 def test_chunks(sizes: list[int], count: int, limit: int, expected: list[list[int]]) -> None:
     items = [(f"n{i}", f"k{i}", b"x" * size) for i, size in enumerate(sizes)]
-    assert [[len(v) for _, _, v in chunk] for chunk in _chunks(items, count, limit)] == expected
+    assert [[len(v) for _, _, v in chunk] for chunk in chunked(items, count, limit)] == expected
