@@ -70,7 +70,7 @@ async def attach_presence(store: Store, machine: str, ttl: int) -> int:
     kv = await store.get(presence_key(machine))
     if kv is not None and kv.lease:
         try:
-            if await store.refresh_lease(kv.lease) > 0:
+            if await store.refresh_lease(kv.lease, bulk=True) > 0:
                 return kv.lease
         except NotFound:
             pass
@@ -94,7 +94,7 @@ async def keep_presence(store: Store, leases: PresenceLeases, machine: str, ttl:
     known = leases.lease_to_refresh(machine)
     if known:
         try:
-            if await store.refresh_lease(known) > 0:
+            if await store.refresh_lease(known, bulk=True) > 0:
                 return known
         except NotFound:
             pass

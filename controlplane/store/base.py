@@ -78,8 +78,10 @@ class Store(Protocol):
 
     async def grant_lease(self, ttl: int) -> int: ...
 
-    async def refresh_lease(self, lease_id: int) -> int:
-        """Keep a lease alive once; returns the remaining TTL (0 or NotFound if expired)."""
+    async def refresh_lease(self, lease_id: int, *, bulk: bool = False) -> int:
+        """Keep a lease alive once; returns the remaining TTL (0 or NotFound if expired). ``bulk``: one
+        of many alike (machine presence), kept apart from the store's own leases (leadership) so a
+        flood of them never delays those."""
         ...
 
     async def revoke_lease(self, lease_id: int) -> None: ...

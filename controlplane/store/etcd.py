@@ -43,6 +43,7 @@ from controlplane.errors import (
 )
 from controlplane.store.base import KV, WatchEvent
 from controlplane.store.etcd_access import EtcdAccess
+from controlplane.store.etcd_client import txn_request
 from controlplane.store.etcd_failover import (
     EndpointPool,
     is_not_found,
@@ -63,7 +64,9 @@ class EtcdStore:
         self.timeout = timeout
         self._root = (self.prefix + "/").encode()
         self._call = self._pool.call
-        self._keepalives = KeepaliveStreams()  # one LeaseKeepAlive stream per endpoint (store/keepalive.py)
+        # one LeaseKeepAlive stream per endpoint (store/keepalive.py) for this server's own leases, and
+        # another for the bulk of machine presence, so 2,000 heartbeats never queue its leadership
+        self._keepalives, self._bulk_keepalives = KeepaliveStreams(), KeepaliveStreams()
 
     @classmethod
     async def open(
@@ -191,7 +194,7 @@ class EtcdStore:
                          for full, _ in fulls],
                 success=[rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value)) for full, value in fulls],
             )
-            reply = await _txn_request(client, request)
+            reply = await txn_request(client, request)
             if reply.succeeded:
                 return int(reply.header.revision)
             _, responses = await self._txn(client, compare=[], success=[aetcd_get(full) for full, _ in fulls],
@@ -298,10 +301,12 @@ class EtcdStore:
 
         return await self._call(op)
 
-    async def refresh_lease(self, lease_id: int) -> int:
+    async def refresh_lease(self, lease_id: int, *, bulk: bool = False) -> int:
+        streams = self._bulk_keepalives if bulk else self._keepalives
+
         async def op(client: aetcd.Client, retrying: bool) -> int:
             try:
-                reply = await self._keepalives.refresh(client, lease_id)
+                reply = await streams.refresh(client, lease_id)
             except aetcd.ClientError as exc:
                 if is_not_found(exc):
                     raise NotFound(f"lease {lease_id:x} not found") from exc
@@ -370,18 +375,8 @@ class EtcdStore:
 
     async def close(self) -> None:
         self._keepalives.close()
+        self._bulk_keepalives.close()
         await self._pool.close()
-
-
-async def _txn_request(client: aetcd.Client, request: rpc.TxnRequest) -> Any:
-    """Send a prebuilt TxnRequest as ``aetcd.Client.transaction`` sends its own (connected first,
-    its timeout and metadata, gRPC errors mapped to aetcd's exceptions, which failover reads)."""
-    await client.connect()
-    try:
-        return await client.kvstub.Txn(request, timeout=client._timeout, metadata=client.metadata)
-    except rpc.AioRpcError as exc:
-        aetcd.exceptions._handle_exception(exc)  # raises the aetcd error for this gRPC status
-        raise
 
 
 def aetcd_put(key: bytes, value: bytes, lease: int) -> aetcd.transactions.Put:

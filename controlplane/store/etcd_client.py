@@ -201,3 +201,14 @@ class SecureClient(aetcd.Client):
                     yield event
 
         return rtypes.Watch(iterator, cancel, callback.watch_id)
+
+
+async def txn_request(client: aetcd.Client, request: rpc.TxnRequest) -> Any:
+    """Send a prebuilt TxnRequest as ``aetcd.Client.transaction`` sends its own (connected first,
+    its timeout and metadata, gRPC errors mapped to aetcd's exceptions, which failover reads)."""
+    await client.connect()
+    try:
+        return await client.kvstub.Txn(request, timeout=client._timeout, metadata=client.metadata)
+    except rpc.AioRpcError as exc:
+        aetcd.exceptions._handle_exception(exc)  # raises the aetcd error for this gRPC status
+        raise

@@ -146,7 +146,7 @@ class MemoryStore:
         self._leases[lease_id] = _Lease(ttl=ttl, deadline=self._clock() + ttl)
         return lease_id
 
-    async def refresh_lease(self, lease_id: int) -> int:
+    async def refresh_lease(self, lease_id: int, *, bulk: bool = False) -> int:
         self._ensure_reaper()
         lease = self._live_lease(lease_id)
         lease.deadline = self._clock() + lease.ttl

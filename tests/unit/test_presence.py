@@ -29,8 +29,8 @@ class Counting(MemoryStore):
         self.calls.append("get")
         return await super().get(key)
 
-    async def refresh_lease(self, lease_id: int) -> int:
-        self.calls.append("refresh")
+    async def refresh_lease(self, lease_id: int, *, bulk: bool = False) -> int:
+        self.calls.append("refresh" if bulk else "refresh (not bulk)")  # presence is the bulk kind
         return await super().refresh_lease(lease_id)
 
     async def grant_lease(self, ttl: int) -> int:
