@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,19 +17,8 @@ from controlplane.controllers.cluster import UNSCHEDULABLE, ClusterPlan, Write, 
 from controlplane.controllers.manager import Controllers
 from controlplane.controllers.metrics import ControllerMetrics
 from controlplane.registry import Registry
-from controlplane.store.memory import MemoryStore
 
 REFUSED = "cp_controller_refused_writes_total"
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[Registry]:
-    reg = Registry(MemoryStore())
-    await reg.start()
-    try:
-        yield reg
-    finally:
-        await reg.stop()
 
 
 def controllers_of(registry: Registry) -> tuple[Controllers, CollectorRegistry]:

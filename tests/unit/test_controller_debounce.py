@@ -5,7 +5,6 @@ or respecified after a pass that wrote nothing skips the wait, never twice in a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -20,7 +19,6 @@ from controlplane.controllers.manager import (
 )
 from controlplane.controllers.metrics import ControllerMetrics
 from controlplane.registry import Registry
-from controlplane.store.memory import MemoryStore
 from controlplane.watchcache import CacheEvent
 
 
@@ -52,16 +50,6 @@ def test_new_work_is_a_unit_created_or_respecified() -> None:
     assert not is_new_work(unit_event("MODIFIED", 2, before=2))  # its status only
     assert not is_new_work(unit_event("DELETED", 2, before=2))
     assert not is_new_work(unit_event("ADDED", 1, kind="Instance"))
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[Registry]:
-    reg = Registry(MemoryStore())
-    await reg.start()
-    try:
-        yield reg
-    finally:
-        await reg.stop()
 
 
 async def _until(check: object, timeout: float = 5.0) -> None:
