@@ -6,14 +6,16 @@ them, it misses the agent's timeout, and the agent fences: a false failure made 
 plane's own load (seen at 1,000 hollow machines in bench_scale). Kubernetes' API Priority and
 Fairness answers the same problem by giving node leases a priority level of their own. Here the
 rule is simpler: a heartbeat never waits for a seat; nor do the long-lived streams (watches,
-followed logs, exec, the wheel downloads of /dist/), which would hold a seat for their whole life. Everything else takes one of
-``seats`` (``cp-apiserver --max-requests-inflight``) and waits its turn, first come first served,
-when all are taken: a burst of status writes is served at the same rate, one seat count at a
-time, while a heartbeat goes to the front. Nothing is refused: a waiting request costs a parked
-task and its connection.
+followed logs, exec, the wheel downloads of /dist/), which would hold a seat for their whole
+life. Everything else takes one of ``seats`` (``cp-apiserver --max-requests-inflight``) and
+waits its turn, first come first served, when all are taken: a burst of status writes is served
+at the same rate, a seat count at a time, while a heartbeat goes to the front. Nothing is
+refused: a waiting request costs a parked task and its connection. A heartbeat still shares the
+event loop with everything in a seat (and the leader's controllers): this bounds the queue in
+front of it, not the loop's own work.
 
 ``exempt`` is the pure decision (table-tested); ``seats_middleware`` applies it; the gauges
-``cp_api_requests_inflight`` / ``cp_api_requests_waiting`` show the seats in use and the queue.
+``cp_apiserver_requests_inflight`` / ``cp_apiserver_requests_waiting`` show the seats in use and the queue.
 """
 
 from __future__ import annotations
