@@ -52,7 +52,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {value!r}")
         time.sleep(interval)
 
 

@@ -2,20 +2,23 @@
 API server proxies to an agent (test_log_trust.py: logs; test_exec_trust.py: exec).
 
 ``call`` is one request to the API, ``heartbeat`` a machine's (with its node token),
-``bound_instance`` an Instance already bound to a machine, and ``running`` serves an aiohttp app
-on 127.0.0.1 and a free port for a block (the agent's own log/exec app, or a recorder).
+``bound_instance`` an Instance already bound to a machine, ``running`` serves an aiohttp app
+on 127.0.0.1 and a free port for a block (the agent's own log/exec app, or a recorder), and
+``docker_container`` runs a real container labelled as an instance for a block.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from apiserver_fixture import ApiServer
+from docker_fixture import build_local_images, remove_cluster_containers
 
 ADMIN, VIEWER = "admin-token", "viewer-token"
 
@@ -72,3 +75,24 @@ async def running(app: web.Application) -> AsyncIterator[int]:
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def docker_container(machine: str, instance: str, command: tuple[str, ...]) -> AsyncIterator[tuple[Any, str]]:
+    """A real ``local/web`` container running ``command``, labelled as ``instance`` on ``machine`` of
+    a throwaway cluster, for the block; yields the DockerRuntime that made it and the container's
+    id. The container (and the rest of the cluster's) is removed after."""
+    from agent.runtime.base import ContainerSpec
+    from agent.runtime.docker import DockerRuntime
+
+    build_local_images()
+    cluster = f"test-{uuid.uuid4().hex[:8]}"
+    runtime = DockerRuntime()
+    try:
+        container = await runtime.create_and_start(ContainerSpec(
+            name=f"{cluster}-{instance}", image="local/web:latest", host_ip="127.0.0.1",
+            labels={"cp.cluster": cluster, "cp.machine": machine, "cp.instance": instance}, command=command))
+        yield runtime, container.id
+    finally:
+        await runtime.close()
+        remove_cluster_containers(cluster)

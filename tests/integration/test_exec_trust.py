@@ -21,10 +21,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_apps import ADMIN, VIEWER, bound_instance, call, json_or_raw, running, signing_keys
+from agent_apps import (
+    ADMIN,
+    VIEWER,
+    bound_instance,
+    call,
+    docker_container,
+    json_or_raw,
+    running,
+    signing_keys,
+)
 from aiohttp import web
 from apiserver_fixture import ApiServer
-from docker_fixture import build_local_images, remove_cluster_containers
 from etcd_fixture import EtcdServer
 
 from agent.logserver import make_log_app
@@ -219,24 +227,11 @@ async def test_cpctl_exec_exit_code_and_streams(api: ApiServer) -> None:
 
 @pytest.mark.docker
 async def test_cpctl_exec_in_a_docker_container(api: ApiServer) -> None:
-    from agent.runtime.base import ContainerSpec
-    from agent.runtime.docker import DockerRuntime
-
-    build_local_images()
-    cluster = f"test-{uuid.uuid4().hex[:8]}"
-    runtime = DockerRuntime()
-    try:
-        container = await runtime.create_and_start(ContainerSpec(
-            name=f"{cluster}-dx-0", image="local/web:latest", host_ip="127.0.0.1",
-            labels={"cp.cluster": cluster, "cp.machine": "m5", "cp.instance": "dx-0"},
-            command=("sleep", "60")))
-        async with agent(api, "m5", runtime, {"dx-0": container.id}):
-            await bound_instance(api, "dx-0", "m5")
-            script = "echo to-stdout; echo to-stderr >&2; echo \"$0 $1\"; exit 3"
-            assert await cpctl(api, "exec", "dx-0", "--", "sh", "-c", script, "a b", "c") == (
-                3, "to-stdout\na b c\n", "to-stderr\n")
-            code, out, err = await cpctl(api, "exec", "dx-0", "--", "no-such-binary")
-            assert code == 126 and "executable file not found" in out + err, (code, out, err)  # Docker's own
-    finally:
-        await runtime.close()
-        remove_cluster_containers(cluster)
+    async with docker_container("m5", "dx-0", ("sleep", "60")) as (runtime, container_id), \
+            agent(api, "m5", runtime, {"dx-0": container_id}):
+        await bound_instance(api, "dx-0", "m5")
+        script = "echo to-stdout; echo to-stderr >&2; echo \"$0 $1\"; exit 3"
+        assert await cpctl(api, "exec", "dx-0", "--", "sh", "-c", script, "a b", "c") == (
+            3, "to-stdout\na b c\n", "to-stderr\n")
+        code, out, err = await cpctl(api, "exec", "dx-0", "--", "no-such-binary")
+        assert code == 126 and "executable file not found" in out + err, (code, out, err)  # Docker's own

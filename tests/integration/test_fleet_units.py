@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 from apiserver_fixture import ApiServer
 from cluster_fixture import LocalCluster
 from etcd_fixture import EtcdServer
-from machine_helper import FakeMachines, call
+from machine_helper import FakeMachines, call, wait_for
 
 FLEET = Path(__file__).resolve().parents[1] / "fixtures" / "fleet"
 CPCTL = [sys.executable, "-m", "controlplane.cli.main"]
@@ -36,17 +35,6 @@ def placed(server: ApiServer, unit: str) -> dict[str, str]:
     status, body = call(server.url, "GET", f"/api/v1/instances?fieldSelector=spec.unit={unit}")
     assert status == 200, body
     return {i["metadata"]["name"]: i["spec"]["machine"] for i in body["items"]}
-
-
-def wait_for(check: Any, *, timeout: float = 20.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture
@@ -83,7 +71,7 @@ def test_apply_the_seed_unit_files_and_see_them_placed(server: ApiServer) -> Non
             ok = len(got["someapp"]) == 2 and len(got["someapp-lb"]) == 2 and len(got["edge"]) == 2
             return got if ok and all(all(m.values()) for m in got.values()) else None
 
-        got = wait_for(all_placed, what="every instance placed")
+        got = wait_for(all_placed, timeout=20, interval=0.1, what="every instance placed")
     assert len(set(got["someapp"].values())) == 2  # Conflicts=someapp@*: never two on one machine
     assert sorted(got["someapp-lb"].values()) == ["m2", "m3"]  # role=lb, one each
     assert sorted(got["edge"].values()) == ["m1", "m4"]  # Global: every role=edge machine in eu or us

@@ -20,10 +20,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agent_apps import ADMIN, VIEWER, bound_instance, call, heartbeat, json_or_raw, running
+from agent_apps import ADMIN, VIEWER, bound_instance, call, docker_container, heartbeat, json_or_raw, running
 from aiohttp import web
 from apiserver_fixture import ApiServer
-from docker_fixture import build_local_images, remove_cluster_containers
 from etcd_fixture import EtcdServer
 
 from agent.logserver import make_log_app
@@ -317,29 +316,17 @@ async def test_node_instance_address_is_its_machines(api: ApiServer) -> None:
 
 @pytest.mark.docker
 async def test_logs_of_a_docker_container_through_the_api(api: ApiServer) -> None:
-    from agent.runtime.base import ContainerSpec
-    from agent.runtime.docker import DockerRuntime
-
-    build_local_images()
-    cluster = f"test-{uuid.uuid4().hex[:8]}"
-    runtime = DockerRuntime()
-    try:
-        container = await runtime.create_and_start(ContainerSpec(
-            name=f"{cluster}-dock-0", image="local/web:latest", host_ip="127.0.0.1",
-            labels={"cp.cluster": cluster, "cp.machine": "m1", "cp.instance": "dock-0"},
-            command=("sh", "-c", "echo one; echo two; sleep 1; echo three; sleep 60")))
-        async with agent(api, "m1", runtime, {"dock-0": container.id}):
-            await bound_instance(api, "dock-0", "m1")
-            async with Client(api.url, token=VIEWER) as viewer:
-                out = b""
-                async with asyncio.timeout(15), contextlib.aclosing(viewer.logs("dock-0", follow=True)) as stream:
-                    async for chunk in stream:
-                        out += chunk
-                        if b"three" in out:
-                            break
-                assert out.splitlines()[:3] == [b"one", b"two", b"three"]
-                tail = b"".join([chunk async for chunk in viewer.logs("dock-0", tail=1)])
-                assert tail == b"three\n"
-    finally:
-        await runtime.close()
-        remove_cluster_containers(cluster)
+    command = ("sh", "-c", "echo one; echo two; sleep 1; echo three; sleep 60")
+    async with docker_container("m1", "dock-0", command) as (runtime, container_id), \
+            agent(api, "m1", runtime, {"dock-0": container_id}):
+        await bound_instance(api, "dock-0", "m1")
+        async with Client(api.url, token=VIEWER) as viewer:
+            out = b""
+            async with asyncio.timeout(15), contextlib.aclosing(viewer.logs("dock-0", follow=True)) as stream:
+                async for chunk in stream:
+                    out += chunk
+                    if b"three" in out:
+                        break
+            assert out.splitlines()[:3] == [b"one", b"two", b"three"]
+            tail = b"".join([chunk async for chunk in viewer.logs("dock-0", tail=1)])
+            assert tail == b"three\n"
