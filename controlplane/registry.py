@@ -40,6 +40,7 @@ from controlplane.model import (
     RESOURCES,
     SPEC_FIELDS,
     now_rfc3339,
+    rfc3339,
 )
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
@@ -238,7 +239,7 @@ class Registry:
         as ``PartialFailure`` once every object has been tried, so one object that etcd refuses never
         keeps the rest out. Returns how many were created."""
         # the bulk's uids from one urandom call, the timestamps formatted the cheap way (stamps.py)
-        stamped = [self._stamp_new(resource, obj, uid=uid, created=stamps.rfc3339(self.clock()))
+        stamped = [self._stamp_new(resource, obj, uid=uid, created=rfc3339(self.clock()))
                    for obj, uid in zip(objs, stamps.uuid4_strings(len(objs)), strict=True)]
         created = 0
         last = 0

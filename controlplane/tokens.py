@@ -99,10 +99,6 @@ def parse_time(text: str) -> float | None:
         return None
 
 
-def rfc3339(seconds: float) -> str:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime(_RFC3339)
-
-
 def expired(status: Mapping[str, Any], now: float) -> bool:
     """Whether a token with this status is past its ``expiresAt`` ("" never expires; a stamp that
     cannot be read counts as expired: a token is refused rather than kept forever by a typo)."""

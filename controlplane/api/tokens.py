@@ -42,7 +42,7 @@ from controlplane.errors import (
     NotFound,
     Unauthorized,
 )
-from controlplane.model import API_VERSION, RESOURCES
+from controlplane.model import API_VERSION, RESOURCES, rfc3339
 from controlplane.registry import Registry
 from controlplane.schemas import load_object
 from controlplane.tokens import (
@@ -56,7 +56,6 @@ from controlplane.tokens import (
     new_secret,
     new_token_name,
     public_view,
-    rfc3339,
     secret_hash,
     split_value,
 )

@@ -18,6 +18,7 @@ from controlplane.api.auth import TokenTable, User, authorize, check_join_scope
 from controlplane.api.tokens import StoredTokenTable, token_from_body
 from controlplane.cli.tokens import expires_text, token_request, token_table
 from controlplane.errors import BadRequest, Forbidden, Invalid, ServiceUnavailable, Unauthorized
+from controlplane.model import rfc3339
 from controlplane.schemas import load_object
 from controlplane.tokens import (
     EXCHANGE_PATH,
@@ -29,7 +30,6 @@ from controlplane.tokens import (
     new_token_name,
     parse_time,
     public_view,
-    rfc3339,
     secret_hash,
     split_value,
     stored_token_problem,
