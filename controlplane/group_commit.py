@@ -148,8 +148,9 @@ class CreateGroup:
 
 
 def chunked(items: list[tuple[str, str, bytes]], count: int, size: int) -> list[list[tuple[str, str, bytes]]]:
-    """The bulk path's batches (``Registry.create_many``): ``items`` in order, cut so no chunk holds more than ``count`` items or ``size`` bytes (an item
-    larger than ``size`` alone is a chunk of its own, for etcd to judge)."""
+    """The bulk path's batches (``Registry.create_many``): ``items`` in order, cut so no chunk holds
+    more than ``count`` items or ``size`` bytes (an item larger than ``size`` alone is a chunk of its
+    own, for etcd to judge). Unlike ``take_round`` it keeps every item, duplicates included."""
     chunks: list[list[tuple[str, str, bytes]]] = []
     current: list[tuple[str, str, bytes]] = []
     used = 0

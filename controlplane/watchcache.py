@@ -237,11 +237,12 @@ class WatchCache:
         if self.group_by is None:
             return
         if before is not None:
-            members = self._groups.get(self.group_by(before))
+            key = self.group_by(before)
+            members = self._groups.get(key)
             if members is not None:
                 members.discard(name)
                 if not members:
-                    del self._groups[self.group_by(before)]
+                    del self._groups[key]
         if after is not None:
             self._groups.setdefault(self.group_by(after), set()).add(name)
 
