@@ -136,10 +136,17 @@ KEYLOG = """if (!window.__keys) { window.__keys = [];
 
 
 async def press_on(page: Chromium, selector: str) -> None:
-    """Focus the element and press Enter on it, as a keyboard user does."""
+    """Focus the element and press Enter on it, as a keyboard user does.
+
+    A keyboard user whose focus did not land tabs to the button again: the focus is retried for up
+    to 3 s (CI once saw one ``focus()`` not take, on a loaded machine, and never again here), and a
+    miss after that fails with what the page had focused and which dialogs were open."""
     await page.evaluate(KEYLOG)
-    await page.evaluate(f"document.querySelector({js(selector)}).focus()")
-    assert await page.evaluate(f"document.activeElement === document.querySelector({js(selector)})")
+    target = f"document.querySelector({js(selector)})"
+    await page.wait_for(f"(() => {{ const el = {target}; el.focus(); return document.activeElement === el; }})()",
+                        timeout=3, what=f"the focus on {selector}",
+                        diagnose=f"{FOCUS} + `; dialogs open: ${{[...document.querySelectorAll('dialog[open]')]"
+                                 f".map((d) => d.id)}}; connected: ${{{target}?.isConnected}}`")
     await page.press("Enter")
 
 
