@@ -13,6 +13,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+import _env  # noqa: E402,F401  (on import: SIGTERM tears the servers down)
 from cluster_fixture import LocalCluster  # noqa: E402,F401
 from etcd_fixture import EtcdServer  # noqa: E402,F401
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import _env  # noqa: E402,F401  (on import: SIGTERM tears the servers down)
 from apiserver_fixture import ApiServer  # noqa: E402
 from etcd_fixture import EtcdServer  # noqa: E402
 from machine_helper import FakeMachines, call, wait_for  # noqa: E402
