@@ -57,10 +57,7 @@ class Seats:
         self.count = count
         self._free = asyncio.Semaphore(count)
         self.waiting = 0
-
-    @property
-    def in_use(self) -> int:
-        return self.count - self._free._value  # noqa: SLF001 -- asyncio has no public reading of it
+        self.in_use = 0
 
     async def run(self, handler: Handler, request: web.Request) -> web.StreamResponse:
         self.waiting += 1
@@ -68,9 +65,11 @@ class Seats:
             await self._free.acquire()
         finally:
             self.waiting -= 1
+        self.in_use += 1
         try:
             return await handler(request)
         finally:
+            self.in_use -= 1
             self._free.release()
 
 
