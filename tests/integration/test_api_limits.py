@@ -8,6 +8,9 @@ The in-process server and its helpers come from test_api.py.
 from __future__ import annotations
 
 import json
+import select
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -190,3 +193,34 @@ def test_sighup_reloads_the_token_file(etcd: EtcdServer, unique_prefix: str) -> 
         line = next(x for x in server.log_tail().splitlines() if "not reloaded" in x)
         assert ":2: unknown role 'root'" in line
         assert server.proc is not None and server.proc.poll() is None
+
+
+def test_a_busy_server_queues_a_burst_of_connections(etcd: EtcdServer, unique_prefix: str) -> None:
+    """A thousand agents reconnecting while the server's loop is busy: the kernel queues their
+    connections (api/server.py LISTEN_BACKLOG) rather than dropping their SYNs, which would cost
+    each a 1 s retransmit, past an agent's heartbeat timeout (seen at 1,000 hollow machines with
+    aiohttp's default backlog of 128). The server is stopped (SIGSTOP) while 600 connect."""
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert somaxconn >= 1024, f"net.core.somaxconn is {somaxconn}: the kernel caps every accept queue at it"
+    burst = 600
+    with ApiServer(etcd.url, unique_prefix, controllers=False) as server:
+        assert server.proc is not None
+        socks: list[socket.socket] = []
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(burst):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", server.port))
+                socks.append(sock)
+            pending = set(socks)
+            deadline = time.monotonic() + 0.8  # well under the first SYN retransmit (1 s)
+            while pending and time.monotonic() < deadline:
+                _, writable, _ = select.select([], list(pending), [], 0.05)
+                pending -= {s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0}
+            assert not pending, f"{len(pending)} of {burst} connections not established while the server was busy"
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+            for sock in socks:
+                sock.close()
+        assert _status(server, "admin-token") == 200
