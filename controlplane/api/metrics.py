@@ -66,6 +66,9 @@ class ApiMetrics:
               registry=self.registry).set_function(lambda: seats.in_use)
         Gauge("cp_apiserver_requests_waiting", "Requests waiting for a seat now",
               registry=self.registry).set_function(lambda: seats.waiting)
+        abandoned = Counter("cp_apiserver_requests_abandoned", "Requests not run: their client had gone while they "
+                            "waited for a seat", registry=self.registry)
+        seats.on_abandoned = abandoned.inc
 
     def observe_request(self, route: str, method: str, code: int, seconds: float, *, watch: bool = False) -> None:
         if watch:

@@ -14,8 +14,15 @@ refused: a waiting request costs a parked task and its connection. A heartbeat s
 event loop with everything in a seat (and the leader's controllers): this bounds the queue in
 front of it, not the loop's own work.
 
+A request whose client has gone while it waited (its connection closed: an agent's request timed
+out and it will retry) is not run when its seat comes: under overload, work nobody waits for any
+more would otherwise take the seats from the retries that replace it, and an overloaded server
+would serve only abandoned requests (Kubernetes' fair queuing drops such requests from its queues
+too). A handler that has started always runs to its end: it may be half-way through a write.
+
 ``exempt`` is the pure decision (table-tested); ``seats_middleware`` applies it; the gauges
-``cp_apiserver_requests_inflight`` / ``cp_apiserver_requests_waiting`` show the seats in use and the queue.
+``cp_apiserver_requests_inflight`` / ``cp_apiserver_requests_waiting`` show the seats in use and the queue,
+``cp_apiserver_requests_abandoned_total`` the requests not run.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 DEFAULT_SEATS = 64
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for it; written to a closed connection, so nobody reads it
 STREAM_QUERY = {"watch", "follow"}
 _HEARTBEAT = re.compile(r"^/api/v1/machines/[^/]+/heartbeat$")
 _STREAMS = re.compile(r"^/api/v1/instances/[^/]+/(log|exec)$")
@@ -58,6 +66,7 @@ class Seats:
         self._free = asyncio.Semaphore(count)
         self.waiting = 0
         self.in_use = 0
+        self.on_abandoned: Callable[[], None] = lambda: None
 
     async def run(self, handler: Handler, request: web.Request) -> web.StreamResponse:
         self.waiting += 1
@@ -65,6 +74,10 @@ class Seats:
             await self._free.acquire()
         finally:
             self.waiting -= 1
+        if request.transport is None or request.transport.is_closing():  # the client gave up waiting
+            self._free.release()
+            self.on_abandoned()
+            return web.Response(status=CLIENT_CLOSED_REQUEST)
         self.in_use += 1
         try:
             return await handler(request)
