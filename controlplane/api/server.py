@@ -17,6 +17,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable, Coroutine
@@ -130,8 +131,6 @@ async def serve(
     log.info("cp-apiserver %d listening on %s (etcd %s, prefix %s)", os.getpid(), listen, etcd, prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if tokens is not None and token_file:
