@@ -102,6 +102,9 @@ def test_replicas_spread_then_fail_over_within_the_ttl_and_no_duplicate_on_retur
 def test_placement_failures_say_why_and_cordon_keeps_new_instances_off(api: ApiServer):
     labels = {n: {"role": "web"} for n in NAMES}
     with FakeMachines(api.url, NAMES, interval=0.5, labels=labels):
+        # until all four have beaten, "4 NotReady" is the true reason (seen on a loaded machine, TTL 2 s)
+        for name in NAMES:
+            wait_for(lambda name=name: machine_state(api, name) == "Ready", timeout=10, what=f"{name} Ready")
         # machineMetadata nobody has: Pending, with the reason
         create_unit(api, "api", 1, machineMetadata={"role": ["edge"]})
 
