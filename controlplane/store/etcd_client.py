@@ -84,13 +84,24 @@ class _Watcher(aetcd_watcher.Watcher):
                     self._new_callback.error = WatchRefused(response.cancel_reason or "watch cancelled by etcd")
                     self._new_callback_ready.notify_all()
             return
-        if not response.created and not response.compact_revision and response.events:
-            async with self._lock:  # as aetcd reads its callbacks
-                callback = self._callbacks.get(response.watch_id)
-            if callback is not None and isinstance(callback.callback, Batches):
-                await self._process_callback(callback, list(response.events))
-                return
-        await super()._handle_response(response)
+        if response.compact_revision or not response.events:
+            await super()._handle_response(response)
+            return
+        if response.created:  # etcd answers a create apart from events; should one carry both, register first
+            bare = rpc.WatchResponse()
+            bare.CopyFrom(response)
+            del bare.events[:]
+            await super()._handle_response(bare)
+        async with self._lock:  # as aetcd reads its callbacks
+            callback = self._callbacks.get(response.watch_id)
+        if callback is None:  # leftovers of a cancelled watch
+            return
+        if isinstance(callback.callback, Batches):
+            await self._process_callback(callback, list(response.events))
+            return
+        for event in response.events:  # aetcd's own delivery, one Event per call
+            await self._process_callback(
+                callback, rtypes.Event(event.type, event.kv, event.prev_kv if callback.prev_kv else None))
 
     def idle(self) -> bool:
         return not self._callbacks and self._new_callback is None

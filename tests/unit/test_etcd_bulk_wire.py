@@ -49,3 +49,18 @@ async def test_a_batches_callback_gets_each_answer_in_one_call() -> None:
     assert [[e.kv.key for e in events] for events in got] == [[b"k0", b"k1", b"k2"]]
     assert [e.kv.mod_revision for e in got[0]] == [10, 11, 12]
     assert [type(e) for e in singles] == [rtypes.Event, rtypes.Event] and singles[1].kv.key == b"k1"
+
+
+async def test_events_in_the_answer_that_creates_the_watch_come_as_one_batch() -> None:
+    watcher = _Watcher(None, timeout=1)
+    got: list[Any] = []
+
+    async def batch(events: Any) -> None:
+        got.append(events)
+
+    watcher._new_callback = WatcherCallback(Batches(batch))
+    answer = _answer(5, 2)
+    answer.created = True
+    await watcher._handle_response(answer)
+    assert 5 in watcher._callbacks and watcher._callbacks[5].watch_id == 5
+    assert [[e.kv.key for e in events] for events in got] == [[b"k0", b"k1"]]
