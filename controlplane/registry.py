@@ -102,9 +102,9 @@ def carry_metadata(kind: str, current: dict[str, Any], new: dict[str, Any]) -> N
 MAX_TXN_BYTES = 1024 * 1024
 # creates per bulk transaction: etcd's default --max-txn-ops is 128 compares (and 128 puts)
 BULK_CREATE_BATCH = 128
-# bulk transactions in flight at once: etcd commits 128-op transactions fastest with a few in flight
-# (8-16 measured best beside 4 or all 79 of 10,000 creates: bench/README.md)
-BULK_IN_FLIGHT = 8
+# bulk transactions in flight at once: enough that etcd always has the next queued while the leader's
+# loop is busy with the echo (8 was slower end to end than 64 or all at once: bench/README.md)
+BULK_IN_FLIGHT = 64
 
 
 def encode_continue(name: str, revision: int) -> str:
