@@ -25,7 +25,7 @@ caller cancelled before its round is simply left out. Creates with a lease do no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,19 +147,50 @@ class CreateGroup:
             item.future.set_result(revision)
 
 
-def chunked(items: list[tuple[str, str, bytes]], count: int, size: int) -> list[list[tuple[str, str, bytes]]]:
+def chunked(items: Iterable[tuple[str, str, bytes]], count: int, size: int) -> Iterator[list[tuple[str, str, bytes]]]:
     """The bulk path's batches (``Registry.create_many``): ``items`` in order, cut so no chunk holds
     more than ``count`` items or ``size`` bytes (an item larger than ``size`` alone is a chunk of its
-    own, for etcd to judge). Unlike ``take_round`` it keeps every item, duplicates included."""
-    chunks: list[list[tuple[str, str, bytes]]] = []
+    own, for etcd to judge). Unlike ``take_round`` it keeps every item, duplicates included. Lazy:
+    a chunk is given as soon as it is full, so ``items`` may be encoded while earlier chunks are
+    being written."""
     current: list[tuple[str, str, bytes]] = []
     used = 0
     for item in items:
         if current and (len(current) >= count or used + len(item[2]) > size):
-            chunks.append(current)
+            yield current
             current, used = [], 0
         current.append(item)
         used += len(item[2])
     if current:
-        chunks.append(current)
-    return chunks
+        yield current
+
+
+Chunk = list[tuple[str, str, bytes]]
+
+
+async def write_in_turn(write: Callable[[Chunk], Awaitable[None]], chunks: Iterable[Chunk], *, in_flight: int) -> None:
+    """``write`` each chunk as it comes (``chunked`` encodes lazily), at most ``in_flight`` at once,
+    each started before the next chunk is built, so etcd commits while the rest is encoded. The
+    first error is raised (as gather raises it), and no chunk starts after it."""
+    slots = asyncio.Semaphore(in_flight)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def bounded(chunk: Chunk) -> None:
+        try:
+            await write(chunk)
+        finally:
+            slots.release()
+
+    try:
+        for chunk in chunks:
+            await slots.acquire()
+            if any(t.done() and not t.cancelled() and t.exception() is not None for t in tasks):
+                slots.release()
+                break
+            tasks.append(asyncio.create_task(bounded(chunk)))
+            await asyncio.sleep(0)  # the task sends its transaction now, before the next chunk is built
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    await asyncio.gather(*tasks)

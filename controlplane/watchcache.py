@@ -158,8 +158,10 @@ class WatchCache:
     async def _follow(self) -> None:
         while True:
             try:
-                async for event in self.store.watch(self.prefix, start_revision=self.revision + 1):
-                    await self._apply(event.type, event.kv)
+                async for batch in self.store.watch_batches(self.prefix, start_revision=self.revision + 1):
+                    for event in batch:
+                        self._apply(event.type, event.kv)
+                    await self._wake_waiters()
             except asyncio.CancelledError:
                 raise
             except Gone:
@@ -187,7 +189,15 @@ class WatchCache:
         self._unindexed.clear()
         self._by_value.clear()
 
-    async def _apply(self, kind: str, kv: KV) -> None:
+    async def _wake_waiters(self) -> None:
+        """After a batch of events (``Store.watch_batches``): wake the writers waiting for revisions it reached, and those
+        waiting in ``wait_gone`` (their lock and notify cost a few us: only when someone waits)."""
+        self._wake_revision_waiters()
+        if self._gone_waiters:
+            async with self._advanced:
+                self._advanced.notify_all()
+
+    def _apply(self, kind: str, kv: KV) -> None:
         name = kv.key[len(self.prefix):]
         self._encoded.pop(name, None)
         before: dict[str, Any] | None = None
@@ -228,10 +238,6 @@ class WatchCache:
                     while not sub.queue.empty():
                         sub.queue.get_nowait()
                     sub.queue.put_nowait(None)
-        self._wake_revision_waiters()
-        if self._gone_waiters:  # the lock and notify cost a few us per event: only when someone waits
-            async with self._advanced:
-                self._advanced.notify_all()
 
     def _group(self, name: str, before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
         if self.group_by is None:

@@ -26,7 +26,7 @@ A secured etcd (``https://`` endpoints, client certificates, etcd users) takes a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aetcd
@@ -43,7 +43,7 @@ from controlplane.errors import (
 )
 from controlplane.store.base import KV, WatchEvent
 from controlplane.store.etcd_access import EtcdAccess
-from controlplane.store.etcd_client import txn_request
+from controlplane.store.etcd_client import create_all_request, txn_request
 from controlplane.store.etcd_failover import (
     EndpointPool,
     is_not_found,
@@ -187,14 +187,7 @@ class EtcdStore:
             return await self.revision()
 
         async def op(client: aetcd.Client, retrying: bool) -> int:
-            # built as protobufs directly: aetcd's per-op wrappers cost as much again in Python
-            # (the leader's bulk path); no failure ops, the rare refusal reads the keys after
-            request = rpc.TxnRequest(
-                compare=[rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=full, create_revision=0)
-                         for full, _ in fulls],
-                success=[rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value)) for full, value in fulls],
-            )
-            reply = await txn_request(client, request)
+            reply = await txn_request(client, create_all_request(fulls))
             if reply.succeeded:
                 return int(reply.header.revision)
             _, responses = await self._txn(client, compare=[], success=[aetcd_get(full) for full, _ in fulls],
@@ -348,28 +341,31 @@ class EtcdStore:
 
         await self._call(op)
 
-    async def watch(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, *, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
         """Every change under ``prefix`` from ``start_revision`` on, across stream errors and failovers."""
+        async with contextlib.aclosing(self.watch_batches(prefix, start_revision=start_revision)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def watch_batches(self, prefix: str, *, start_revision: int) -> AsyncGenerator[list[WatchEvent], None]:
+        """``watch``'s events, one list per answer of etcd (up to a whole bulk transaction's)."""
         start = self._full(prefix)
         first = start_revision if start_revision > 0 else await self.revision() + 1
         # aclosing: when our consumer stops, the pool's stream (and its etcd watch) ends now, not at GC
         async with contextlib.aclosing(self._pool.watch(start, prefix_range_end(start), first, what=prefix)) as events:
-            async for event in events:
-                yield self._event(event)
+            async for batch in events:
+                yield [self._event(event) for event in batch]
 
     def _event(self, event: Any) -> WatchEvent:
+        """Our WatchEvent from etcd's ``mvccpb.Event`` (an unset prev_kv reads as an empty one)."""
         kv = event.kv
-        if event.kind == "DELETE":
+        if event.type == rpc.Event.DELETE:
             prev = event.prev_kv
             return WatchEvent(
                 "DELETE",
-                KV(
-                    key=self._relative(kv.key),
-                    value=bytes(prev.value) if prev is not None else b"",
-                    create_revision=prev.create_revision if prev is not None else 0,
-                    mod_revision=kv.mod_revision,
-                    lease=prev.lease if prev is not None else 0,
-                ),
+                KV(key=self._relative(kv.key), value=bytes(prev.value), create_revision=prev.create_revision,
+                   mod_revision=kv.mod_revision, lease=prev.lease),
             )
         return WatchEvent("PUT", self._kv(kv))
 

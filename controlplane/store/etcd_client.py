@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aetcd
@@ -59,8 +60,22 @@ class WatchRefused(aetcd.ClientError):
     """etcd created a watch and cancelled it at once; the message is etcd's cancel reason."""
 
 
+class Batches:
+    """A watch callback that takes a whole answer's events at once: the list of etcd's own
+    ``mvccpb.Event`` protobufs, in revision order (or, like any callback, an exception). aetcd
+    calls a callback once per event, wrapping each in an ``Event`` and two ``KeyValue``s; for
+    10,000 bulk creates coming back on the watch cache's stream that was a third of its cost."""
+
+    def __init__(self, deliver: Callable[[Any], Awaitable[None]]) -> None:
+        self.deliver = deliver
+
+    async def __call__(self, events_or_error: Any) -> None:
+        await self.deliver(events_or_error)
+
+
 class _Watcher(aetcd_watcher.Watcher):
-    """aetcd's Watcher whose refused watches fail (WatchRefused) instead of waiting forever."""
+    """aetcd's Watcher whose refused watches fail (WatchRefused) instead of waiting forever, and
+    which hands a ``Batches`` callback each answer's events in one call."""
 
     async def _handle_response(self, response: Any) -> None:
         if response.created and response.canceled and not response.compact_revision:
@@ -69,7 +84,24 @@ class _Watcher(aetcd_watcher.Watcher):
                     self._new_callback.error = WatchRefused(response.cancel_reason or "watch cancelled by etcd")
                     self._new_callback_ready.notify_all()
             return
-        await super()._handle_response(response)
+        if response.compact_revision or not response.events:
+            await super()._handle_response(response)
+            return
+        if response.created:  # etcd answers a create apart from events; should one carry both, register first
+            bare = rpc.WatchResponse()
+            bare.CopyFrom(response)
+            del bare.events[:]
+            await super()._handle_response(bare)
+        async with self._lock:  # as aetcd reads its callbacks
+            callback = self._callbacks.get(response.watch_id)
+        if callback is None:  # leftovers of a cancelled watch
+            return
+        if isinstance(callback.callback, Batches):
+            await self._process_callback(callback, list(response.events))
+            return
+        for event in response.events:  # aetcd's own delivery, one Event per call
+            await self._process_callback(
+                callback, rtypes.Event(event.type, event.kv, event.prev_kv if callback.prev_kv else None))
 
     def idle(self) -> bool:
         return not self._callbacks and self._new_callback is None
@@ -168,17 +200,19 @@ class SecureClient(aetcd.Client):
     async def watch(
         self, key: bytes, *, range_end: bytes | None = None, start_revision: int | None = None, prev_kv: bool = False
     ) -> rtypes.Watch:
-        """aetcd's watch, except that cancelling goes to the stream the watch lives on: ``_watcher``
-        may have been replaced by a new-token stream meanwhile, whose watch ids are its own."""
+        """aetcd's watch, except that cancelling goes to the stream the watch lives on (``_watcher``
+        may have been replaced by a new-token stream meanwhile, whose watch ids are its own), and
+        that it yields each answer's events as one list of etcd's ``mvccpb.Event`` protobufs
+        (``Batches``), not one aetcd ``Event`` at a time."""
         await self.connect()
         watcher = self._watcher
         events: asyncio.Queue[Any] = asyncio.Queue()
 
-        async def deliver(event: Any) -> None:
-            await events.put(event)
+        async def deliver(batch: Any) -> None:
+            await events.put(batch)
 
-        callback = await watcher.add_callback(key, deliver, range_end=range_end, start_revision=start_revision,
-                                              prev_kv=prev_kv)
+        callback = await watcher.add_callback(key, Batches(deliver), range_end=range_end,
+                                              start_revision=start_revision, prev_kv=prev_kv)
         if _cancel_was_swallowed():
             await watcher.cancel(callback.watch_id)
             raise asyncio.CancelledError
@@ -191,14 +225,14 @@ class SecureClient(aetcd.Client):
 
         async def iterator() -> Any:
             while not canceled.is_set():
-                event = await events.get()
-                if event is None:
+                batch = await events.get()
+                if batch is None:
                     canceled.set()
-                elif isinstance(event, Exception):
+                elif isinstance(batch, Exception):
                     canceled.set()
-                    raise event
+                    raise batch
                 else:
-                    yield event
+                    yield batch
 
         return rtypes.Watch(iterator, cancel, callback.watch_id)
 
@@ -212,3 +246,19 @@ async def txn_request(client: aetcd.Client, request: rpc.TxnRequest) -> Any:
     except rpc.AioRpcError as exc:
         aetcd.exceptions._handle_exception(exc)  # raises the aetcd error for this gRPC status
         raise
+
+
+def create_all_request(items: list[tuple[bytes, bytes]]) -> rpc.TxnRequest:
+    """Pure: the transaction that puts every (key, value) if no key exists (create_revision == 0),
+    with no failure ops (the rare refusal reads the keys after). Built as protobufs in place: aetcd's
+    per-op wrappers, or a message per op passed to the constructor, cost three times as much in
+    Python (the leader's bulk path, 10,000 ops at a time)."""
+    request = rpc.TxnRequest()
+    compare, success = request.compare.add, request.success.add
+    for key, value in items:
+        cmp = compare()
+        cmp.result, cmp.target, cmp.key = rpc.Compare.EQUAL, rpc.Compare.CREATE, key
+        cmp.create_revision = 0  # set, not left unset: it is the target_union oneof's member
+        put = success().request_put
+        put.key, put.value = key, value
+    return request

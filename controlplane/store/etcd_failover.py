@@ -282,9 +282,10 @@ class EndpointPool:
                     delay = min(delay * 2, 0.5)
 
     async def watch(self, start: bytes, end: bytes, first_revision: int, *, what: str) -> AsyncGenerator[Any, None]:
-        """aetcd's events on keys [start, end) from ``first_revision`` on. After a stream error it
-        resumes from the last delivered revision + 1, on the next endpoint if need be, so a failover
-        neither loses nor repeats events; compaction past that revision raises ``Gone``."""
+        """etcd's events on keys [start, end) from ``first_revision`` on, one list of ``mvccpb.Event``
+        protobufs per answer of etcd (``SecureClient.watch``). After a stream error it resumes from
+        the last delivered revision + 1, on the next endpoint if need be, so a failover neither
+        loses nor repeats events; compaction past that revision raises ``Gone``."""
         next_revision = first_revision
         failing_since: float | None = None
         failures: dict[int, tuple[str, bool]] = {}
@@ -304,9 +305,9 @@ class EndpointPool:
                 handle = await client.watch(start, range_end=end, start_revision=next_revision, prev_kv=True)
                 failing_since, renewals = None, 0
                 failures.clear()
-                async for event in handle:
-                    next_revision = event.kv.mod_revision + 1
-                    yield event
+                async for batch in handle:
+                    next_revision = batch[-1].kv.mod_revision + 1
+                    yield batch
                 # The stream ended without an error (the client was closed).
                 raise StoreUnavailable("etcd watch stream closed")
             except aetcd.RevisionCompactedError as exc:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 
 from controlplane.errors import AlreadyExists, BadRequest, Conflict, Gone, KeysExist, NotFound
@@ -177,7 +177,7 @@ class MemoryStore:
         self._compacted = revision
         self._history = [ev for ev in self._history if ev.kv.mod_revision >= revision]
 
-    async def watch(self, prefix: str, *, start_revision: int) -> AsyncIterator[WatchEvent]:
+    async def watch(self, prefix: str, *, start_revision: int) -> AsyncGenerator[WatchEvent, None]:
         """Replays history from ``start_revision`` (0: from the next change), then follows live."""
         self._ensure_reaper()
         if start_revision and start_revision < self._compacted:
@@ -200,6 +200,12 @@ class MemoryStore:
                 yield await watcher.queue.get()
         finally:
             self._watchers.discard(watcher)
+
+    async def watch_batches(self, prefix: str, *, start_revision: int) -> AsyncGenerator[list[WatchEvent], None]:
+        """``watch``'s events, one per list."""
+        async with contextlib.aclosing(self.watch(prefix, start_revision=start_revision)) as events:
+            async for event in events:
+                yield [event]
 
     async def close(self) -> None:
         self._closed = True
