@@ -6,19 +6,12 @@ order. The API server counts repeats on the Event they repeat (controlplane/even
 node write only the reasons in AGENT_EVENT_REASONS about instances bound to it; it limits each node
 to a few Events a second, so a 429 is waited out (RETRY_SECONDS, up to RETRY_ATTEMPTS times)
 before that note is dropped. Any other failure drops the note: Events are best effort.
-
-Events are also the agent's least urgent writes (4 of the 6 requests a started instance costs the
-API), so the sender paces itself on the API's answers (``pause_after``): at once while they are
-quick; after a slow one, a pause as long as it took. A burst that slows the API server (bench_scale:
-2 instances on each of 500 machines at once) then gets the Events at half the rate, leaving room
-for heartbeats and status writes, and none is dropped for it: they wait in the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,14 +24,6 @@ log = logging.getLogger(__name__)
 QUEUE_MAX = 256
 RETRY_ATTEMPTS = 10
 RETRY_SECONDS = 0.5
-PACE_FREE_SECONDS = 0.1  # an Event written faster than this is followed at once
-PACE_MAX_SECONDS = 2.0
-
-
-def pause_after(elapsed: float) -> float:
-    """PURE: seconds to wait before the next Event after one that took ``elapsed`` seconds to
-    write (or to fail): none while the API answers quickly, else as long, up to PACE_MAX_SECONDS."""
-    return 0.0 if elapsed < PACE_FREE_SECONDS else min(elapsed, PACE_MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -53,12 +38,10 @@ class EventSender:
     """A bounded queue of Event notes about this machine's instances, and the task that sends them."""
 
     def __init__(self, client: Client, *, maxsize: int = QUEUE_MAX,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.client = client
         self.queue: asyncio.Queue[EventNote] = asyncio.Queue(maxsize=maxsize)
         self.sleep = sleep
-        self.clock = clock
         self.dropped = 0  # notes that found the queue full, or whose write failed
         self.sent = 0
 
@@ -89,7 +72,6 @@ class EventSender:
     async def run(self) -> None:
         while True:
             note = await self.queue.get()
-            started = self.clock()
             try:
                 written = await self.send(note)
             except asyncio.CancelledError:
@@ -101,6 +83,3 @@ class EventSender:
                 self.sent += 1
             else:
                 self.dropped += 1
-            pause = pause_after(self.clock() - started)
-            if pause > 0:
-                await self.sleep(pause)

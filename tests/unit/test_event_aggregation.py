@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.events import PACE_FREE_SECONDS, PACE_MAX_SECONDS, EventSender, pause_after
+from agent.events import EventSender
 from agent.executor import Executor
 from agent.reconcile import DesiredInstance
 from agent.runtime.fake import FakeRuntime
@@ -198,34 +198,3 @@ async def test_executor_tells_pulled_created_started_ready_and_killing() -> None
     await ex.sync([want()])
     assert [(n, r) for n, r, _ in told] == [("api-0", "Killing")]
     assert "api-0 is no longer desired on this machine" in told[0][2]
-
-
-def test_pause_after_a_slow_event_is_as_long_as_it_took_and_bounded() -> None:
-    assert pause_after(0.0) == pause_after(PACE_FREE_SECONDS / 2) == 0.0
-    assert pause_after(0.4) == 0.4
-    assert pause_after(60.0) == PACE_MAX_SECONDS
-
-
-async def test_sender_paces_itself_after_slow_answers_and_sends_every_note() -> None:
-    now = [0.0]
-    pauses: list[float] = []
-
-    class SlowClient(FakeClient):
-        async def create(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
-            now[0] += 0.5 if obj["reason"] == "Created" else 0.01  # the API took that long
-            return await super().create(resource, obj)
-
-    async def recorded(seconds: float) -> None:
-        pauses.append(seconds)
-        await asyncio.sleep(0)
-
-    client = SlowClient()
-    sender = EventSender(client, sleep=recorded, clock=lambda: now[0])  # type: ignore[arg-type]
-    for reason in ("Pulled", "Created", "Started"):
-        sender.record("web-0", reason, reason)
-    task = asyncio.create_task(sender.run())
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert [e["reason"] for e in client.created] == ["Pulled", "Created", "Started"] and sender.dropped == 0
-    assert pauses == [0.5]  # after the slow one only
-    task.cancel()
