@@ -7,7 +7,7 @@ this module only moves data between the API and the executor:
   at once after the other, each for a share of TTL/3, so one dead server never lets the lease
   lapse; a machine that has not reached the API for ``fence_after`` seconds stops its own
   instances (self-fencing), so a cut-off machine never keeps serving copies the cluster has
-  already replaced;
+  already replaced; it unfences after a fresh list of its instances (agent/fencing.py);
 - list+watch of the instances bound to this machine (field selector ``spec.machine=NAME``);
 - a sync on every watch event, Docker event, health change, requeue deadline and every
   ``RESYNC_SECONDS``; statuses are written through ``/status`` only when they change;
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any, cast
 
 from agent.events import EventSender
 from agent.executor import Executor
+from agent.fencing import ListRounds, unfence_delay
 from agent.health import Prober
 from agent.metrics import AgentMetrics
 from agent.plugin import AgentPlugin
@@ -61,7 +63,6 @@ def next_beat_in(ttl: float, elapsed: float, *, ok: bool) -> float:
     TTL, at the cost of later failure detection (the trade Kubernetes makes with its 40 s node lease)."""
     period = max(ttl / 4, 0.1)
     return max(period - elapsed, period / 2 if ok else RETRY_AFTER_SLOW_FAILURE)
-
 
 
 @dataclass
@@ -114,6 +115,8 @@ class Agent:
         self.registered = asyncio.Event()
         self.log_signing_keys: list[object] = []  # from heartbeat replies: what the log endpoint trusts
         self.synced_once = asyncio.Event()
+        self.answered_fenced = asyncio.Event()  # a heartbeat was answered while fenced
+        self.rounds = ListRounds()  # of the instance mirror (watch_loop): an unfence waits for a fresh one
         self.ready_changed: set[str] = set()  # instances whose readiness flipped since the last sync
         self.synced_specs: dict[str, Any] = {}  # instance -> its spec as the last sync planned it
 
@@ -147,24 +150,28 @@ class Agent:
                 ok = True
                 self.registered.set()
                 if self.fenced:
-                    # What was bound here may have moved while we were cut off, and the watch may be
-                    # a dead connection: re-list before running anything again, then restart the watch.
-                    items, _ = await asyncio.wait_for(
-                        self.client.list_all("instances", field_selector=f"spec.machine={self.config.machine}"),
-                        timeout=max(self.ttl / 3, 0.5))
-                    self.instances.clear()
-                    self.instances.update({i["metadata"]["name"]: i for i in items})
-                    self.relist.set()
-                    log.warning("reached the API again: unfencing")
-                    self.fenced = False
-                    self.fencing.clear()
-                    self.metrics.set_fenced(False)
-                    self.wake.set()
+                    self.answered_fenced.set()  # unfence_loop re-lists, then unfences
             except (CPError, TimeoutError) as err:
                 self.metrics.observe_heartbeat(ok=False)
                 log.warning("heartbeat failed (%.1fs without the API): %s", self.clock() - self.last_contact, err)
                 self.fence_if_silent()
             await asyncio.sleep(next_beat_in(self.ttl, self.clock() - started, ok=ok))
+
+    async def unfence_loop(self) -> None:
+        """Once a heartbeat is answered while fenced: after ``unfence_delay``, a fresh list+watch
+        (agent/fencing.py; the mirror retries a list that fails), then unfence if the API still
+        answers. Heartbeats go on meanwhile: no re-list holds them up."""
+        while True:
+            await self.answered_fenced.wait()
+            await asyncio.sleep(unfence_delay(self.ttl, rand=random.random()))
+            await self.rounds.fresh_list(self.relist)
+            self.answered_fenced.clear()
+            if self.fenced and self.clock() - self.last_contact < self.fence_after:
+                log.warning("reached the API again: unfencing")
+                self.fenced = False
+                self.fencing.clear()
+                self.metrics.set_fenced(False)
+                self.wake.set()
 
     def fence_if_silent(self) -> None:
         silent = self.clock() - self.last_contact
@@ -188,7 +195,7 @@ class Agent:
         """List+watch, started afresh whenever `relist` is set (after unfencing)."""
         while True:
             self.relist.clear()
-            watch = asyncio.create_task(self._list_and_watch())
+            watch = asyncio.create_task(self._list_and_watch(self.rounds.start()))
             relist = asyncio.create_task(self.relist.wait())
             try:
                 await asyncio.wait({watch, relist}, return_when=asyncio.FIRST_COMPLETED)
@@ -200,13 +207,17 @@ class Agent:
             if watch.done() and not watch.cancelled():
                 watch.result()
 
-    async def _list_and_watch(self) -> None:
+    async def _list_and_watch(self, round_: int) -> None:
         await mirror(
             self.client, "instances", self.instances,
             field_selector=f"spec.machine={self.config.machine}",
             keep=lambda obj: (obj.get("spec") or {}).get("machine") == self.config.machine,
-            on_listed=self.listed.set, on_change=self._instances_changed,
+            on_listed=lambda: self._listed(round_), on_change=self._instances_changed,
         )
+
+    def _listed(self, round_: int) -> None:
+        self.rounds.arrived(round_)
+        self.listed.set()
 
     def _instances_changed(self) -> None:
         mark("agent.watch.change", len(self.instances))
@@ -370,8 +381,8 @@ class Agent:
 
     async def run(self) -> None:
         loops: list[Callable[[], Awaitable[None]]] = [
-            self.heartbeat_loop, self.fence_loop, self.watch_loop, self.sync_loop, self.docker_events_loop,
-            self.prober_loop, self.events.run,
+            self.heartbeat_loop, self.fence_loop, self.unfence_loop, self.watch_loop, self.sync_loop,
+            self.docker_events_loop, self.prober_loop, self.events.run,
             *(plugin.run for plugin in self.plugins),
         ]
         tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(loop()) for loop in loops]

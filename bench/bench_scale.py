@@ -274,8 +274,11 @@ async def run(args: argparse.Namespace, etcd: EtcdServer, api: ApiServer) -> dic
             profile(args, server_cpu.pid, phase="schedule", seconds=20)
             hollow_cpu = [ProcSampler(pid) for pid in hollows.pids()]
             result["scheduleSeconds"] = await schedule(args, client, watcher)
+            result["scheduleServerCpuSeconds"] = burst_cpu = server_cpu.cpu_seconds()
             if result["scheduleSeconds"] is not None:
-                print(f"schedule: {args.instances} instances bound and Running+ready in {result['scheduleSeconds']:.2f} s")
+                print(f"schedule: {args.instances} instances bound and Running+ready in {result['scheduleSeconds']:.2f} s;"
+                      f" API server CPU meanwhile {burst_cpu:.2f} s = {1000 * burst_cpu / args.instances:.2f} ms"
+                      " per instance (heartbeats included)")
                 result["failover"] = failover = await kill_one(args, hollows, watcher)
                 print(f"failover of {failover['machine']} ({failover['instancesMoved']} instances):"
                       f" {failover['failoverSeconds']:.2f} s after its last heartbeat (TTL {args.ttl} s)")

@@ -44,7 +44,7 @@ from controlplane.model import (
 )
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
-from controlplane.watchcache import WatchCache, decode
+from controlplane.watchcache import INDEXED_FIELD, WatchCache, decode, machine_of
 
 JsonList = list[dict[str, Any]]
 # (current, new) -> the (key, value) pairs to write in the same transaction as that update
@@ -125,8 +125,11 @@ class Registry:
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self.caches = {resource: WatchCache(store, resource, group_by=event_about if resource == "events" else None)
-                       for resource in RESOURCES}
+        # Events grouped by the object they are about; instances by machine, so each agent's LIST of
+        # ``spec.machine=<itself>`` (at start, after a watch failure, to unfence) reads its own few
+        groups: dict[str, dict[str, Any]] = {"events": {"group_by": event_about},
+                                             "instances": {"group_by": machine_of, "group_field": INDEXED_FIELD}}
+        self.caches = {resource: WatchCache(store, resource, **groups.get(resource, {})) for resource in RESOURCES}
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
         self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
         # single creates grouped into one transaction while another is in flight (group_commit.py)
@@ -178,7 +181,7 @@ class Registry:
         revision = cache.revision
         items: JsonList = []
         next_token = ""
-        for name in sorted(cache.objects):
+        for name in cache.list_names(field_selector):
             if after is not None and name <= after:
                 continue
             obj = cache.objects[name]

@@ -20,7 +20,7 @@ from typing import Any
 
 from controlplane import jsoncodec
 from controlplane.errors import Gone, ServiceUnavailable
-from controlplane.selectors import field_value
+from controlplane.selectors import field_value, required_field_value
 from controlplane.store.base import KV, Store
 
 log = logging.getLogger(__name__)
@@ -91,15 +91,24 @@ class Subscription:
 INDEXED_FIELD = "spec.machine"
 
 
+def machine_of(obj: dict[str, Any]) -> str:
+    """The machine an instance is bound to, as a selector on INDEXED_FIELD compares it ('' unbound)."""
+    return field_value(obj, INDEXED_FIELD)
+
+
 class WatchCache:
     """Current objects and recent events of one resource, fed by one store watch."""
 
     def __init__(self, store: Store, resource: str, *, window: int = 20000, queue_size: int = 10000,
-                 group_by: Callable[[dict[str, Any]], Hashable] | None = None) -> None:
+                 group_by: Callable[[dict[str, Any]], Hashable] | None = None,
+                 group_field: str | None = None) -> None:
         self.store = store
         # names by group_by(object), kept with the objects: Events by the object they are about, so
-        # recording one reads its object's few Events, not all of them (controlplane/events.py)
+        # recording one reads its object's few Events, not all of them (controlplane/events.py);
+        # instances by machine_of. ``group_field``: the field selector path whose value group_by is
+        # (list_names then reads one group for a selector that requires a value there)
         self.group_by = group_by
+        self.group_field = group_field
         self._groups: dict[Hashable, set[str]] = {}
         self.resource = resource
         self.prefix = f"{resource}/"
@@ -258,6 +267,14 @@ class WatchCache:
         if self.group_by is None:
             return list(self.objects.values())
         return [self.objects[name] for name in self._groups.get(key, ())]
+
+    def list_names(self, field_selector: str | None) -> list[str]:
+        """The names a LIST with ``field_selector`` must look at, sorted: the one group the selector
+        requires at ``group_field`` (an object outside it cannot match), else every object."""
+        wanted = required_field_value(field_selector, self.group_field) if self.group_field else None
+        if wanted is None:
+            return sorted(self.objects)
+        return sorted(self._groups.get(wanted, ()))
 
     def _candidates(self, event: CacheEvent) -> list[Subscription]:
         """The watchers that may see ``event``: the unindexed ones, and those indexed on the value

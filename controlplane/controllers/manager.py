@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 WRITE_CONCURRENCY = 128
 RESYNC_SECONDS = 5.0
 DEBOUNCE_SECONDS = 0.05  # between the end of one pass and the start of the next (see skips_debounce)
+# ... and at least this many times what the last pass took to plan (at most PLAN_SPACING_MAX): a
+# pass re-plans the whole cluster on the event loop (~25-50 ms at 1,000 machines), so at one pass
+# per DEBOUNCE_SECONDS a burst of status writes had the controllers take half of the API server
+PLAN_SPACING_FACTOR = 4.0
+PLAN_SPACING_MAX = 1.0
 EVENT_MAX_AGE_SECONDS = 3600.0
 DEFAULT_LEADER_TTL = 5
 # the object changed under the plan: the next pass plans from the new state
@@ -70,6 +75,7 @@ class Controllers:
         # a DELETE (lease expired) wakes the pass at once, so failover takes the TTL, not a poll
         self.presence = WatchCache(store, PRESENCE_RESOURCE)
         self.passes = 0
+        self.plan_seconds = 0.0  # what the last pass took to plan: spaces the next (debounce_delay)
         self.failed_writes = 0  # of the last pass, refusals not included
         self._event_tasks: set[asyncio.Task[None]] = set()
         self._reported: dict[str, str] = {}  # unit -> the write failure last reported on it
@@ -136,7 +142,7 @@ class Controllers:
             ended = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=RESYNC_SECONDS)
-            delay = debounce_delay(time.monotonic() - ended)
+            delay = debounce_delay(time.monotonic() - ended, planned=self.plan_seconds)
             skipped = delay > 0 and skips_debounce(settled=settled, new_work=self.new_work, skipped_last=skipped)
             if delay > 0 and not skipped:
                 await asyncio.sleep(delay)
@@ -150,6 +156,7 @@ class Controllers:
         )
         self.passes += 1
         self._record(plan)
+        self.plan_seconds = time.perf_counter() - started
         if timeline.ENABLED:
             timeline.mark("controllers.pass.planned", f"writes={len(plan.writes)}",
                           f"creates={len(plan.of(WriteOp.CREATE_INSTANCE))}")
@@ -285,12 +292,15 @@ class Controllers:
                 self._background(self.registry.delete("events", event["metadata"]["name"]), "expired event")
 
 
-def debounce_delay(since_last_pass: float) -> float:
+def debounce_delay(since_last_pass: float, *, planned: float = 0.0) -> float:
     """Pure: how long a woken loop waits before its pass, ``since_last_pass`` seconds after the last
-    one ended. A burst of changes (or one arriving during a pass) still makes one pass per
-    ``DEBOUNCE_SECONDS``; a change after a quiet spell (a new unit) is planned at once instead of
-    ``DEBOUNCE_SECONDS`` later."""
-    return max(0.0, DEBOUNCE_SECONDS - since_last_pass)
+    one ended, which took ``planned`` seconds to plan. A burst of changes (or one arriving during a
+    pass) still makes one pass per ``DEBOUNCE_SECONDS``, or per ``PLAN_SPACING_FACTOR`` x
+    ``planned`` when that is longer (capped at ``PLAN_SPACING_MAX``), so planning holds at most a
+    fifth of the event loop however big the cluster; a change after a quiet spell (a new unit) is
+    planned at once."""
+    spacing = max(DEBOUNCE_SECONDS, min(PLAN_SPACING_FACTOR * planned, PLAN_SPACING_MAX))
+    return max(0.0, spacing - since_last_pass)
 
 
 def skips_debounce(*, settled: bool, new_work: bool, skipped_last: bool) -> bool:

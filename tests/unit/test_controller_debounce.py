@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry
 from controlplane.controllers import manager
 from controlplane.controllers.manager import (
     DEBOUNCE_SECONDS,
+    PLAN_SPACING_FACTOR,
+    PLAN_SPACING_MAX,
     Controllers,
     debounce_delay,
     is_new_work,
@@ -27,6 +29,15 @@ def test_debounce_delay_waits_only_for_what_is_left_of_the_spacing() -> None:
     assert debounce_delay(DEBOUNCE_SECONDS / 2) == pytest.approx(DEBOUNCE_SECONDS / 2)
     assert debounce_delay(DEBOUNCE_SECONDS) == 0.0
     assert debounce_delay(30.0) == 0.0
+
+
+def test_a_pass_that_took_long_to_plan_spaces_the_next_by_a_multiple_of_it() -> None:
+    cheap = DEBOUNCE_SECONDS / PLAN_SPACING_FACTOR / 2  # a small cluster: the debounce as before
+    assert debounce_delay(0.0, planned=cheap) == pytest.approx(DEBOUNCE_SECONDS)
+    assert debounce_delay(0.0, planned=0.05) == pytest.approx(PLAN_SPACING_FACTOR * 0.05)
+    assert debounce_delay(0.15, planned=0.05) == pytest.approx(PLAN_SPACING_FACTOR * 0.05 - 0.15)
+    assert debounce_delay(PLAN_SPACING_FACTOR * 0.05, planned=0.05) == 0.0
+    assert debounce_delay(0.0, planned=30.0) == pytest.approx(PLAN_SPACING_MAX)  # capped
 
 
 @pytest.mark.parametrize(("settled", "new_work", "skipped_last", "skips"), [
@@ -62,8 +73,8 @@ async def test_loop_plans_at_once_after_a_quiet_spell_and_spaces_a_burst(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
 
-    def recorded(since_last_pass: float) -> float:
-        delays.append(debounce_delay(since_last_pass))
+    def recorded(since_last_pass: float, *, planned: float) -> float:
+        delays.append(debounce_delay(since_last_pass, planned=planned))
         return delays[-1]
 
     monkeypatch.setattr(manager, "debounce_delay", recorded)
