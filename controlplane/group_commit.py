@@ -35,6 +35,14 @@ from controlplane.store.base import Store
 Timed = Callable[[str, Awaitable[Any]], Awaitable[Any]]
 
 
+# etcd refuses requests over 1.5 MiB by default (--max-request-bytes); a bulk transaction stays under
+MAX_TXN_BYTES = 1024 * 1024
+# creates per bulk transaction: etcd's default --max-txn-ops is 128 compares (and 128 puts)
+BULK_CREATE_BATCH = 128
+# bulk transactions in flight at once: enough that etcd always has the next queued while the leader's
+# loop is busy with the echo (8 was slower end to end than 64 or all at once: bench/README.md)
+BULK_IN_FLIGHT = 64
+
 @dataclass
 class _Waiting:
     key: str

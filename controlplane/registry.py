@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from controlplane import jsoncodec, stamps
+from controlplane import group_commit, jsoncodec, stamps
 from controlplane.errors import (
     AlreadyExists,
     BadRequest,
@@ -98,14 +98,6 @@ def carry_metadata(kind: str, current: dict[str, Any], new: dict[str, Any]) -> N
     meta["generation"] = cur_meta.get("generation", 1) + (1 if _spec_of(kind, new) != _spec_of(kind, current) else 0)
 
 
-# etcd refuses requests over 1.5 MiB by default (--max-request-bytes); a bulk transaction stays under
-MAX_TXN_BYTES = 1024 * 1024
-# creates per bulk transaction: etcd's default --max-txn-ops is 128 compares (and 128 puts)
-BULK_CREATE_BATCH = 128
-# bulk transactions in flight at once: enough that etcd always has the next queued while the leader's
-# loop is busy with the echo (8 was slower end to end than 64 or all at once: bench/README.md)
-BULK_IN_FLIGHT = 64
-
 
 def encode_continue(name: str, revision: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": name, "rv": revision}).encode()).decode()
@@ -133,8 +125,8 @@ class Registry:
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
         self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
         # single creates grouped into one transaction while another is in flight (group_commit.py)
-        self._create_groups = {resource: CreateGroup(store, self._timed, max_ops=BULK_CREATE_BATCH,
-                                                     max_bytes=MAX_TXN_BYTES) for resource in RESOURCES}
+        self._create_groups = {resource: CreateGroup(store, self._timed, max_ops=group_commit.BULK_CREATE_BATCH,
+                                                     max_bytes=group_commit.MAX_TXN_BYTES) for resource in RESOURCES}
 
     async def start(self) -> None:
         await asyncio.gather(*(cache.start() for cache in self.caches.values()))
@@ -236,8 +228,8 @@ class Registry:
         stamped["kind"], stamped["apiVersion"] = RESOURCES[resource], API_VERSION
         return stamped
 
-    async def create_many(self, resource: str, objs: JsonList, *, batch: int = BULK_CREATE_BATCH,
-                          batch_bytes: int = MAX_TXN_BYTES, in_flight: int = BULK_IN_FLIGHT) -> int:
+    async def create_many(self, resource: str, objs: JsonList, *, batch: int = group_commit.BULK_CREATE_BATCH,
+                          batch_bytes: int = group_commit.MAX_TXN_BYTES, in_flight: int = group_commit.BULK_IN_FLIGHT) -> int:
         """Create many objects in transactions of at most ``batch`` objects and ``batch_bytes`` bytes
         (the controllers' bulk path: 10,000 instances are 79 etcd round trips, not 10,000; the byte
         bound keeps a transaction under etcd's request size), ``in_flight`` at a time, each sent as
