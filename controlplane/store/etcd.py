@@ -51,6 +51,9 @@ from controlplane.store.etcd_failover import (
 )
 from controlplane.store.keepalive import KeepaliveStreams
 
+# machine presence renewals side by side (a burst of writes holds each renewal back: keepalive.py)
+BULK_KEEPALIVE_STREAMS = 16
+
 
 class EtcdStore:
     """The Store protocol on an etcd v3 cluster (see the module docstring)."""
@@ -65,8 +68,9 @@ class EtcdStore:
         self._root = (self.prefix + "/").encode()
         self._call = self._pool.call
         # one LeaseKeepAlive stream per endpoint (store/keepalive.py) for this server's own leases, and
-        # another for the bulk of machine presence, so 2,000 heartbeats never queue its leadership
-        self._keepalives, self._bulk_keepalives = KeepaliveStreams(), KeepaliveStreams()
+        # others for the bulk of machine presence, so 2,000 heartbeats never queue its leadership
+        self._keepalives = KeepaliveStreams()
+        self._bulk_keepalives = KeepaliveStreams(width=BULK_KEEPALIVE_STREAMS)
 
     @classmethod
     async def open(

@@ -500,7 +500,8 @@ async def test_the_leader_lease_is_kept_while_bulk_refreshes_are_stuck(realtime_
     machine_lease = await s.grant_lease(30)
     if isinstance(s, EtcdStore):
         await s.refresh_lease(machine_lease, bulk=True)  # opens the bulk stream
-        held = [stream._write_lock for stream in s._bulk_keepalives._streams.values()]  # noqa: SLF001
+        held = [stream._write_lock for streams in s._bulk_keepalives._streams.values()  # noqa: SLF001
+                for stream in streams]
         assert held
         for lock in held:
             await lock.acquire()  # every bulk refresh now waits

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from aetcd import exceptions as aetcd_exceptions
 
-from controlplane.store.keepalive import KeepaliveStream
+from controlplane.store.keepalive import KeepaliveStream, KeepaliveStreams, least_busy
 
 
 class FakeCall:
@@ -216,3 +216,34 @@ def test_a_stream_finished_under_a_write_is_a_connection_failure() -> None:
 def _opened(client: FakeClient, call: FakeCall) -> FakeCall:
     client.calls.append(call)
     return call
+
+
+@pytest.mark.parametrize(("in_flight", "chosen"), [
+    ([0], 0), ([0, 0, 0], 0), ([2, 0, 1], 1), ([1, 1, 0], 2), ([3, 1, 1], 1),
+])
+def test_least_busy(in_flight: list[int], chosen: int) -> None:
+    assert least_busy(in_flight) == chosen
+
+
+def test_streams_side_by_side_take_the_refreshes_in_turn_and_a_stuck_one_gets_no_more() -> None:
+    """What etcd answers one renewal at a time per stream (a leader waits for its apply before each),
+    several streams wait for side by side; one that does not answer is not given the next refresh."""
+    async def scenario() -> None:
+        client = FakeClient()
+        streams = KeepaliveStreams(width=3)
+        waiting = [asyncio.ensure_future(streams.refresh(client, lease)) for lease in (1, 2, 3)]  # type: ignore[arg-type]
+        await settle()
+        assert [call.written for call in client.calls] == [[1], [2], [3]]
+        client.calls[0].reply(1, 9)
+        client.calls[2].reply(3, 9)
+        assert (await waiting[0]).TTL == 9 and (await waiting[2]).TTL == 9
+        more = [asyncio.ensure_future(streams.refresh(client, lease)) for lease in (4, 5)]  # type: ignore[arg-type]
+        await settle()
+        assert [call.written for call in client.calls] == [[1, 4], [2], [3, 5]]  # the second still waits
+        client.calls[1].reply(2, 9)
+        client.calls[0].reply(4, 9)
+        client.calls[2].reply(5, 9)
+        assert [(await w).TTL for w in (waiting[1], *more)] == [9, 9, 9]
+        streams.close()
+
+    asyncio.run(scenario())
