@@ -1,11 +1,12 @@
-"""Lease keepalives over one long-lived gRPC stream per etcd client, not one stream per refresh.
+"""Lease keepalives over long-lived gRPC streams per etcd client, not one stream per refresh.
 
 aetcd's ``refresh_lease`` opens a ``LeaseKeepAlive`` stream, sends one request, reads one reply
 and drops the stream: at 2,000 machine heartbeats a second that is 2,000 stream set-ups and
 tear-downs a second in the API server (a third of a heartbeat's CPU, and the garbage that made
 Python's full collections run every second or two). ``KeepaliveStream`` keeps one stream open and
 sends every refresh on it; etcd answers a stream's requests in order, each reply naming its lease,
-so replies are matched to waiters first in, first out per lease id.
+so replies are matched to waiters first in, first out per lease id. ``KeepaliveStreams`` keeps a
+few of them side by side per client for the bulk of machine presence (see why there).
 
 A refresh that gets no answer within ``timeout`` raises aetcd's ``ConnectionTimeoutError`` and
 drops the stream; a stream that ends or fails fails every waiter with aetcd's error for it. Either
