@@ -38,7 +38,7 @@ a merge patch are applied (larger is 422 Invalid). Every JSON number is within
 Rules JSON Schema cannot state, answered 400 or 422: on PUT (and PATCH) the body's
 `metadata.name` is the URL's `{{name}}`; two ports of a unit may not share a non-zero hostPort and
 protocol; `placement.machineOf` may not be matched by one of the unit's own `conflicts` globs;
-a merge patch is valid only if the object it produces is; a `continue` token is one the
+an environment variable is set by `env` or by `secretEnv`, not both; a merge patch is valid only if the object it produces is; a `continue` token is one the
 server issued.
 
 `/metrics` needs an admin or viewer token unless cp-apiserver runs with `--metrics-anonymous`;

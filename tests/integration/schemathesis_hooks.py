@@ -24,6 +24,7 @@ RULES_BEYOND_JSON_SCHEMA: list[tuple[str | None, int, str]] = [
     (None, 400, "does not match the URL's name"),  # PUT/PATCH: metadata.name is the URL's {name}
     (None, 422, "is used twice"),  # two ports of a unit on one non-zero hostPort and protocol
     (None, 422, "is matched by this unit's own conflicts"),  # placement.machineOf against conflicts globs
+    (None, 422, "is set by both env and secretEnv"),  # a variable's name in two maps of the spec
     ("GET", 400, "invalid continue token"),  # a token the server issued, not any string
     # node-reported addresses: IP literals the spec states by format, minus the ones no node may claim
     (None, 422, "must not be the unspecified address"),
