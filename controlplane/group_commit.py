@@ -43,6 +43,7 @@ BULK_CREATE_BATCH = 128
 # loop is busy with the echo (8 was slower end to end than 64 or all at once: bench/README.md)
 BULK_IN_FLIGHT = 64
 
+
 @dataclass
 class _Waiting:
     key: str
@@ -155,13 +156,16 @@ class CreateGroup:
             item.future.set_result(revision)
 
 
-def chunked(items: Iterable[tuple[str, str, bytes]], count: int, size: int) -> Iterator[list[tuple[str, str, bytes]]]:
+Chunk = list[tuple[str, str, bytes]]  # (name, key, stored value) of each create in one transaction
+
+
+def chunked(items: Iterable[tuple[str, str, bytes]], count: int, size: int) -> Iterator[Chunk]:
     """The bulk path's batches (``Registry.create_many``): ``items`` in order, cut so no chunk holds
     more than ``count`` items or ``size`` bytes (an item larger than ``size`` alone is a chunk of its
     own, for etcd to judge). Unlike ``take_round`` it keeps every item, duplicates included. Lazy:
     a chunk is given as soon as it is full, so ``items`` may be encoded while earlier chunks are
     being written."""
-    current: list[tuple[str, str, bytes]] = []
+    current: Chunk = []
     used = 0
     for item in items:
         if current and (len(current) >= count or used + len(item[2]) > size):
@@ -171,9 +175,6 @@ def chunked(items: Iterable[tuple[str, str, bytes]], count: int, size: int) -> I
         used += len(item[2])
     if current:
         yield current
-
-
-Chunk = list[tuple[str, str, bytes]]
 
 
 async def write_in_turn(write: Callable[[Chunk], Awaitable[None]], chunks: Iterable[Chunk], *, in_flight: int) -> None:

@@ -44,7 +44,7 @@ from controlplane.model import (
 )
 from controlplane.selectors import parse_field_selector, parse_label_selector
 from controlplane.store.base import Store
-from controlplane.watchcache import INDEXED_FIELD, WatchCache, decode, machine_of
+from controlplane.watchcache import INDEXED_FIELD, WatchCache, decode
 
 JsonList = list[dict[str, Any]]
 # (current, new) -> the (key, value) pairs to write in the same transaction as that update
@@ -98,7 +98,6 @@ def carry_metadata(kind: str, current: dict[str, Any], new: dict[str, Any]) -> N
     meta["generation"] = cur_meta.get("generation", 1) + (1 if _spec_of(kind, new) != _spec_of(kind, current) else 0)
 
 
-
 def encode_continue(name: str, revision: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": name, "rv": revision}).encode()).decode()
 
@@ -120,7 +119,7 @@ class Registry:
         # Events grouped by the object they are about; instances by machine, so each agent's LIST of
         # ``spec.machine=<itself>`` (at start, after a watch failure, to unfence) reads its own few
         groups: dict[str, dict[str, Any]] = {"events": {"group_by": event_about},
-                                             "instances": {"group_by": machine_of, "group_field": INDEXED_FIELD}}
+                                             "instances": {"group_field": INDEXED_FIELD}}
         self.caches = {resource: WatchCache(store, resource, **groups.get(resource, {})) for resource in RESOURCES}
         self.on_store_call: Callable[[str, float], None] = lambda op, seconds: None
         self.write_hooks: dict[str, WriteHook] = {}  # resource -> its hook (api/revisions.py: unit history)
@@ -229,7 +228,8 @@ class Registry:
         return stamped
 
     async def create_many(self, resource: str, objs: JsonList, *, batch: int = group_commit.BULK_CREATE_BATCH,
-                          batch_bytes: int = group_commit.MAX_TXN_BYTES, in_flight: int = group_commit.BULK_IN_FLIGHT) -> int:
+                          batch_bytes: int = group_commit.MAX_TXN_BYTES,
+                          in_flight: int = group_commit.BULK_IN_FLIGHT) -> int:
         """Create many objects in transactions of at most ``batch`` objects and ``batch_bytes`` bytes
         (the controllers' bulk path: 10,000 instances are 79 etcd round trips, not 10,000; the byte
         bound keeps a transaction under etcd's request size), ``in_flight`` at a time, each sent as

@@ -91,11 +91,6 @@ class Subscription:
 INDEXED_FIELD = "spec.machine"
 
 
-def machine_of(obj: dict[str, Any]) -> str:
-    """The machine an instance is bound to, as a selector on INDEXED_FIELD compares it ('' unbound)."""
-    return field_value(obj, INDEXED_FIELD)
-
-
 class WatchCache:
     """Current objects and recent events of one resource, fed by one store watch."""
 
@@ -104,9 +99,11 @@ class WatchCache:
                  group_field: str | None = None) -> None:
         self.store = store
         # names by group_by(object), kept with the objects: Events by the object they are about, so
-        # recording one reads its object's few Events, not all of them (controlplane/events.py);
-        # instances by machine_of. ``group_field``: the field selector path whose value group_by is
-        # (list_names then reads one group for a selector that requires a value there)
+        # recording one reads its object's few Events, not all of them (controlplane/events.py).
+        # ``group_field`` groups by a field selector path's value instead (instances by spec.machine),
+        # and list_names then reads one group for a selector that requires a value there
+        if group_field is not None and group_by is None:
+            group_by = lambda obj: field_value(obj, group_field)  # noqa: E731
         self.group_by = group_by
         self.group_field = group_field
         self._groups: dict[Hashable, set[str]] = {}
